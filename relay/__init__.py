@@ -1,0 +1,3 @@
+"""realtime-relay: an auditing relay for the OpenAI Realtime API."""
+
+__version__ = "0.1.0"
