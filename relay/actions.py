@@ -17,7 +17,10 @@ from relay.events import Direction, Event
 
 @dataclass(slots=True, frozen=True)
 class Send:
-    """Send ``text`` to one side. ``event`` is what gets recorded (None: a frame not to record)."""
+    """Send ``text`` in direction ``to`` (C2U: to the upstream, U2C: to the client).
+
+    ``event`` is what gets recorded and metered once sent (None: a frame not to record).
+    """
 
     to: Direction
     text: str

@@ -150,7 +150,7 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
         raw = _interpolate_tree(loaded, env)
-    cfg = _build(RelayConfig, raw, "")
+    cfg: RelayConfig = _build(RelayConfig, raw, "")
     _apply_env(cfg, env, "RELAY", "")
     _check(cfg)
     return cfg
@@ -232,7 +232,9 @@ def _check(cfg: RelayConfig) -> None:
     if cfg.recording.sink not in ("local", "s3"):
         raise ConfigError(f"recording.sink: expected local or s3, got {cfg.recording.sink!r}")
     if cfg.recording.on_overflow not in ("terminate", "drop"):
-        raise ConfigError(f"recording.on_overflow: expected terminate or drop, got {cfg.recording.on_overflow!r}")
+        raise ConfigError(
+            f"recording.on_overflow: expected terminate or drop, got {cfg.recording.on_overflow!r}"
+        )
     if cfg.recording.sink == "s3" and not cfg.recording.s3.bucket:
         raise ConfigError("recording.s3.bucket: required when recording.sink is s3")
     store = cfg.budgets.store

@@ -71,6 +71,13 @@ class SessionPolicy(Protocol):
     def initial_actions(self) -> Sequence[dict[str, Any]]:
         """Payloads to send upstream right after connecting (e.g. a pinned session.update)."""
 
+    def recording_events(self, event: Event) -> Sequence[Event]:
+        """What to record in place of a forwarded event, after ``recording``-target redaction.
+
+        Usually ``(event,)``. Streaming deltas may be held back and released later (redacted) so
+        a value split across deltas is still caught in the recording.
+        """
+
 
 class SessionGuard(Protocol):
     def before_forward(self, event: Event) -> Sequence[Action] | None:
@@ -86,10 +93,17 @@ class SessionGuard(Protocol):
     def close(self, summary: SessionSummary) -> None:
         """Settle and release what the session holds (fills ``summary.usage``)."""
 
+    # Optional: ``drain_audit() -> list[AuditRecord]``; the core calls it after each hook and
+    # records what it returns as relay events (budget warnings, refusals).
+
 
 class RecordingSink(Protocol):
-    def record_event(self, event: Event, t_us: int) -> None:
-        """Record an event as it was forwarded; ``t_us`` is µs since session start. Never blocks."""
+    def record_event(self, event: Event, t_us: int) -> bool | None:
+        """Record an event as it was forwarded; ``t_us`` is µs since session start. Never blocks.
+
+        Returns False when the recording overflowed under ``on_overflow: terminate``: the core
+        then ends the session (a compliance recording with a hole is worse than a dropped call).
+        """
 
     def record_relay_event(self, kind: str, body: dict[str, Any], t_us: int) -> None:
         """Record the relay's own event (open, close, policy action, budget...). Never blocks."""

@@ -58,11 +58,14 @@ class HandshakeRejected(RelayError):
 
 
 class UpstreamError(RelayError):
-    def __init__(self, status: int, message: str, *, code: str = "upstream_error") -> None:
+    def __init__(
+        self, status: int, message: str, *, code: str = "upstream_error", retry_after: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
+        self.retry_after = retry_after
 
 
 class RecorderError(RelayError):

@@ -14,6 +14,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
+from relay import __version__
+
 # Fine enough to see tens of microseconds at the low end, and whole seconds of stall at the top.
 FORWARD_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -21,6 +23,7 @@ FORWARD_BUCKETS = (
 )  # fmt: skip
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+AUDIO_DIRECTIONS = ("input", "output", "heard")
 
 KNOWN_EVENT_TYPES = frozenset(
     {
@@ -138,7 +141,10 @@ class RelayMetrics:
             "relay_tokens_total", "Tokens from usage, by kind.", ["tenant", "model", "kind"], registry=r
         )
         self.cost_usd_total = Counter(
-            "relay_cost_usd_total", "Cost in USD from usage and pricing.yaml.", ["tenant", "model"], registry=r
+            "relay_cost_usd_total",
+            "Cost in USD from usage and pricing.yaml.",
+            ["tenant", "model"],
+            registry=r,
         )
         # Policies
         self.policy_actions_total = Counter(
@@ -148,7 +154,10 @@ class RelayMetrics:
             registry=r,
         )
         self.policy_errors_total = Counter(
-            "relay_policy_errors_total", "Policies that raised (the session failed closed).", ["policy"], registry=r
+            "relay_policy_errors_total",
+            "Policies that raised (the session failed closed).",
+            ["policy"],
+            registry=r,
         )
         self.policy_reloads_total = Counter(
             "relay_policy_reloads_total", "Policy reloads, by result (ok, error).", ["result"], registry=r
@@ -161,7 +170,10 @@ class RelayMetrics:
             registry=r,
         )
         self.budget_warnings_total = Counter(
-            "relay_budget_warnings_total", "Budget warning thresholds crossed.", ["tenant", "budget"], registry=r
+            "relay_budget_warnings_total",
+            "Budget warning thresholds crossed.",
+            ["tenant", "budget"],
+            registry=r,
         )
         self.budget_remaining = Gauge(
             "relay_budget_remaining",
@@ -189,7 +201,9 @@ class RelayMetrics:
             "relay_recording_spool_bytes", "Bytes in the local spool not yet uploaded.", registry=r
         )
         self.recording_upload_lag_seconds = Gauge(
-            "relay_recording_upload_lag_seconds", "Age of the oldest spooled byte not yet uploaded.", registry=r
+            "relay_recording_upload_lag_seconds",
+            "Age of the oldest spooled byte not yet uploaded.",
+            registry=r,
         )
         self.recording_upload_failures_total = Counter(
             "relay_recording_upload_failures_total", "Failed uploads (retried).", ["op"], registry=r
@@ -200,8 +214,37 @@ class RelayMetrics:
         self.recordings_total = Counter(
             "relay_recordings_total", "Recordings sealed, by completeness.", ["status"], registry=r
         )
+        self.recording_spool_limit_bytes = Gauge(
+            "relay_recording_spool_limit_bytes",
+            "Spool size at which new sessions are refused (recording.spool_max_mb); 0 if unset.",
+            registry=r,
+        )
         # Process
         self.draining = Gauge("relay_draining", "1 while the relay drains for shutdown.", registry=r)
+        self.build_info = Gauge(
+            "relay_build_info", "Always 1; the running version is in the label.", ["version"], registry=r
+        )
+        self.build_info.labels(__version__).set(1)
+        for direction in ("client_to_upstream", "upstream_to_client"):
+            self.forward_seconds.labels(direction)
+
+    def preinit_tenant(self, tenant: str) -> None:
+        """Create a tenant's series at zero before its first session (call for every policy tenant).
+
+        Prometheus' ``rate``/``increase`` only see growth between two scrapes, so a series that is
+        born at 3 loses those 3; a series that does not exist makes a dashboard panel "No data"
+        and an alert expression empty. Label values that only the subsystems know (policy ids,
+        budget names, models, upload ops) are created by those subsystems.
+        """
+        self.sessions_active.labels(tenant)
+        self.sessions_total.labels(tenant, "ok")
+        self.session_duration_seconds.labels(tenant)
+        self.first_audio_seconds.labels(tenant)
+        self.tool_call_seconds.labels(tenant)
+        for direction in AUDIO_DIRECTIONS:
+            self.audio_seconds_total.labels(tenant, direction)
+        for policy in ("drop", "terminate"):
+            self.recording_dropped_total.labels(tenant, policy)
 
 
 def all_metric_names(metrics: RelayMetrics) -> list[str]:

@@ -10,7 +10,8 @@ A verdict is a closed union, narrowed with ``match`` or ``isinstance``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from relay.events import Event
@@ -58,4 +59,4 @@ class AuditRecord:
     action: str
     field: str = ""
     event_type: str = ""
-    detail: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
