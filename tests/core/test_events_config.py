@@ -32,8 +32,10 @@ def test_peek_type(text: str, expected: str | None) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -50,7 +52,9 @@ def test_peek_never_disagrees_with_a_parse(body: dict[str, object], etype: str) 
 def test_client_key_sources_and_dialect() -> None:
     assert client_key({"Authorization": "Bearer sk-1"}, []) == "sk-1"
     assert client_key({"api-key": "az"}, []) == "az"
-    protos = offered_subprotocols({"Sec-WebSocket-Protocol": "realtime, openai-insecure-api-key.k2, openai-beta.realtime-v1"})
+    protos = offered_subprotocols(
+        {"Sec-WebSocket-Protocol": "realtime, openai-insecure-api-key.k2, openai-beta.realtime-v1"}
+    )
     assert client_key({}, protos) == "k2"
     assert detect_dialect({}, protos) is Dialect.BETA
     assert detect_dialect({"OpenAI-Beta": "realtime=v1"}, []) is Dialect.BETA

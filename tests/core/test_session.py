@@ -128,7 +128,9 @@ def test_malformed_client_frames_get_an_error_and_are_not_forwarded(frame: str, 
 
 def test_oversized_and_binary_frames_are_refused() -> None:
     s = Session(info(), max_frame_bytes=100)
-    assert error_of(s.client_text('{"type":"x","pad":"' + "a" * 200 + '"}', 1)[0])["code"] == "frame_too_large"
+    assert (
+        error_of(s.client_text('{"type":"x","pad":"' + "a" * 200 + '"}', 1)[0])["code"] == "frame_too_large"
+    )
     assert error_of(s.client_binary(10)[0])["code"] == "binary_frame_not_supported"
     assert s.frame_errors == 2
 
@@ -143,7 +145,9 @@ def test_unsubscribed_events_skip_the_chain() -> None:
 
 
 def test_verdicts_map_to_actions() -> None:
-    replacement = Event(C2U, "session.update", '{"type":"session.update","session":{"instructions":"pinned"}}', 0, 0)
+    replacement = Event(
+        C2U, "session.update", '{"type":"session.update","session":{"instructions":"pinned"}}', 0, 0
+    )
     rec = RecordingSpy()
     policy = TablePolicy(
         {
@@ -155,7 +159,10 @@ def test_verdicts_map_to_actions() -> None:
         audit=AuditRecord("policy", "lockdown", "pin_instructions", "session.instructions", "session.update"),
     )
     s = Session(info(), policy=policy, recording=rec)
-    assert only_send(s.client_text('{"type":"session.update","session":{"instructions":"evil"}}', 2)).text == replacement.text
+    assert (
+        only_send(s.client_text('{"type":"session.update","session":{"instructions":"evil"}}', 2)).text
+        == replacement.text
+    )
     assert s.client_text('{"type":"conversation.item.retrieve","item_id":"i"}', 2) == []
     reply = only_send(s.client_text('{"type":"response.create"}', 2))
     assert reply.to is U2C and orjson.loads(reply.text)["error"]["code"] == "policy_violation"
@@ -168,7 +175,9 @@ def test_verdicts_map_to_actions() -> None:
 
 
 def test_policy_reply_to_an_upstream_event_goes_back_upstream() -> None:
-    policy = TablePolicy({"response.function_call_arguments.done": Reply(({"type": "conversation.item.create"},), "x")})
+    policy = TablePolicy(
+        {"response.function_call_arguments.done": Reply(({"type": "conversation.item.create"},), "x")}
+    )
     s = Session(info(), policy=policy)
     send = only_send(s.upstream_text('{"type":"response.function_call_arguments.done","name":"rm"}', 1))
     assert send.to is C2U

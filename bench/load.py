@@ -1,0 +1,305 @@
+"""Load generator: N concurrent voice sessions, direct to the upstream and through the relay.
+
+    python -m bench.load --sessions 100 --seconds 20
+    python -m bench.load --sweep 100,200,300,400 --seconds 15 --policies realistic --recording on
+
+Three kinds of process, all on loopback: the bench upstream (``bench.peer.BenchUpstream``), the
+relay (``relay serve``, pinned to CPU 0 when ``taskset`` exists), and the clients (pinned with the
+upstream to CPU 1). For each N it runs the clients directly against the upstream, then through
+the relay, in the same run, and reports per direction the one-way latency p50/p99 of both and
+their difference (what the relay adds), the relay's CPU (fraction of one core) and its RSS per
+session. Results print as JSON lines and as a Markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from bench.peer import BenchUpstream, Latencies, run_client
+
+BENCH_KEY = "rr-bench-key-0123456789"
+ROOT = Path(__file__).resolve().parents[1]
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def percentiles(samples: list[int] | Any) -> dict[str, float]:
+    data = sorted(samples)
+    if not data:
+        return {"count": 0, "p50_ms": float("nan"), "p99_ms": float("nan")}
+
+    def pick(q: float) -> float:
+        return data[min(len(data) - 1, int(q * len(data)))] / 1000.0
+
+    return {"count": len(data), "p50_ms": pick(0.50), "p99_ms": pick(0.99)}
+
+
+# -- child process roles -------------------------------------------------------------------------
+
+
+async def upstream_main(port_file: Path) -> None:
+    up = BenchUpstream()
+    await up.start()
+    stats_app = web.Application()
+
+    async def window(request: web.Request) -> web.Response:
+        action = request.query.get("action")
+        if action == "start":
+            up.received.samples = type(up.received.samples)("q")
+            up.received.recording = True
+            return web.json_response({})
+        up.received.recording = False
+        return web.json_response(percentiles(up.received.samples))
+
+    stats_app.router.add_get("/window", window)
+    runner = web.AppRunner(stats_app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    stats_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+    port_file.write_text(json.dumps({"ws": up.port, "stats": stats_port}))
+    await asyncio.Event().wait()
+
+
+async def clients_main(url: str, key: str, sessions: int, seconds: float, warmup: float, out: Path) -> None:
+    latencies = Latencies()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        start_at = time.monotonic() + 1.0 + sessions * 0.004
+        tasks = [
+            asyncio.create_task(run_client(http, url, key, seconds + warmup, latencies, start_at))
+            for _ in range(sessions)
+        ]
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()) + warmup)
+        latencies.recording = True
+        errors = [e for e in await asyncio.gather(*tasks) if e]
+        latencies.recording = False
+    out.write_text(
+        json.dumps({**percentiles(latencies.samples), "errors": errors[:5], "failed": len(errors)})
+    )
+
+
+# -- orchestration -------------------------------------------------------------------------------
+
+
+def pinned(cmd: list[str], cpu: int) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", str(cpu), *cmd]
+    return cmd
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / HZ
+
+
+def proc_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def http_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def relay_config(
+    tmp: Path, upstream_port: int, port: int, admin_port: int, recording: bool, policies: str
+) -> Path:
+    pol = tmp / "policies"
+    (pol / "tenants").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "bench" / "policies" / f"{policies}.yaml", pol / "default.yaml")
+    digest = hashlib.sha256(BENCH_KEY.encode()).hexdigest()
+    (pol / "tenants" / "bench.yaml").write_text(f"version: 1\nkeys:\n  - {{id: bench, sha256: {digest}}}\n")
+    cfg = {
+        "listen": f"127.0.0.1:{port}",
+        "admin_listen": f"127.0.0.1:{admin_port}",
+        "upstream": {"url": f"ws://127.0.0.1:{upstream_port}/v1/realtime", "api_key": "bench-upstream-key"},
+        "policies_dir": str(pol),
+        "log_level": "warning",
+        "recording": {
+            "enabled": recording,
+            "sink": "local",
+            "local_dir": str(tmp / "recordings"),
+            "spool_dir": str(tmp / "spool"),
+            "queue_size": 8192,
+        },
+        "budgets": {"store": "memory"},
+    }
+    path = tmp / "relay.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready")
+
+
+def run_phase(
+    tmp: Path, url: str, key: str, sessions: int, seconds: float, warmup: float, stats_url: str
+) -> dict[str, Any]:
+    out = tmp / f"clients-{time.monotonic_ns()}.json"
+    cmd = [sys.executable, "-m", "bench.load", "clients", "--url", url, "--key", key, "--sessions", str(sessions),
+           "--seconds", str(seconds), "--warmup", str(warmup), "--out", str(out)]  # fmt: skip
+    clients = subprocess.Popen(pinned(cmd, 1), cwd=ROOT)
+    time.sleep(1.0 + sessions * 0.004 + warmup)
+    http_json(stats_url + "/window?action=start")
+    clients.wait(timeout=seconds + warmup + 120)
+    up = http_json(stats_url + "/window?action=stop")
+    down = json.loads(out.read_text())
+    return {"c2u": up, "u2c": down}
+
+
+def bench(sessions: int, seconds: float, warmup: float, recording: bool, policies: str) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        port_file = tmp / "upstream.json"
+        procs.append(
+            subprocess.Popen(
+                pinned([sys.executable, "-m", "bench.load", "upstream", "--port-file", str(port_file)], 1),
+                cwd=ROOT,
+            )
+        )
+        while not port_file.exists():
+            time.sleep(0.05)
+        ports = json.loads(port_file.read_text())
+        stats = f"http://127.0.0.1:{ports['stats']}"
+        direct = run_phase(
+            tmp, f"ws://127.0.0.1:{ports['ws']}/v1/realtime", "direct", sessions, seconds, warmup, stats
+        )
+
+        port, admin = free_port(), free_port()
+        config = relay_config(tmp, ports["ws"], port, admin, recording, policies)
+        log = (tmp / "relay.log").open("wb")
+        relay = subprocess.Popen(
+            pinned([sys.executable, "-m", "relay", "serve", "--config", str(config)], 0),
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+        )
+        procs.append(relay)
+        wait_ready(f"http://127.0.0.1:{admin}/readyz", relay)
+        rss_idle = proc_rss_kb(relay.pid)
+        cpu0, t0 = proc_cpu_seconds(relay.pid), time.monotonic()
+        relayed = run_phase(
+            tmp, f"ws://127.0.0.1:{port}/v1/realtime", BENCH_KEY, sessions, seconds, warmup, stats
+        )
+        cpu1, t1 = proc_cpu_seconds(relay.pid), time.monotonic()
+        rss_peak = proc_rss_kb(relay.pid)
+        result: dict[str, Any] = {
+            "sessions": sessions,
+            "seconds": seconds,
+            "recording": recording,
+            "policies": policies,
+            "direct": direct,
+            "relay": relayed,
+            "relay_cpu_core_fraction": round((cpu1 - cpu0) / (t1 - t0), 3),
+            "relay_rss_idle_mb": round(rss_idle / 1024, 1),
+            "relay_rss_per_session_kb": round((rss_peak - rss_idle) / max(1, sessions), 1),
+        }
+        for d in ("c2u", "u2c"):
+            result[f"added_{d}_p50_ms"] = round(relayed[d]["p50_ms"] - direct[d]["p50_ms"], 3)
+            result[f"added_{d}_p99_ms"] = round(relayed[d]["p99_ms"] - direct[d]["p99_ms"], 3)
+        return result
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| sessions | recording | policies | direct p99 c2u / u2c (ms) | relay p99 c2u / u2c (ms) | "
+        "added p50 c2u / u2c (ms) | added p99 c2u / u2c (ms) | relay CPU (core) | RSS/session (KB) | failed |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        d, x = r["direct"], r["relay"]
+        lines.append(
+            f"| {r['sessions']} | {'on' if r['recording'] else 'off'} | {r['policies']} | "
+            f"{d['c2u']['p99_ms']:.2f} / {d['u2c']['p99_ms']:.2f} | {x['c2u']['p99_ms']:.2f} / {x['u2c']['p99_ms']:.2f} | "
+            f"{r['added_c2u_p50_ms']:.2f} / {r['added_u2c_p50_ms']:.2f} | {r['added_c2u_p99_ms']:.2f} / {r['added_u2c_p99_ms']:.2f} | "
+            f"{r['relay_cpu_core_fraction']:.2f} | {r['relay_rss_per_session_kb']:.0f} | {x['u2c'].get('failed', 0)} |"
+        )
+    return head + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.load")
+    sub = parser.add_subparsers(dest="role")
+    up = sub.add_parser("upstream")
+    up.add_argument("--port-file", type=Path, required=True)
+    cl = sub.add_parser("clients")
+    cl.add_argument("--url", required=True)
+    cl.add_argument("--key", required=True)
+    cl.add_argument("--sessions", type=int, required=True)
+    cl.add_argument("--seconds", type=float, required=True)
+    cl.add_argument("--warmup", type=float, default=2.0)
+    cl.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--sweep", help="comma-separated session counts, e.g. 100,200,400")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--recording", choices=["on", "off"], default="off")
+    parser.add_argument("--policies", choices=["none", "realistic"], default="none")
+    args = parser.parse_args(argv)
+    if args.role == "upstream":
+        asyncio.run(upstream_main(args.port_file))
+        return 0
+    if args.role == "clients":
+        asyncio.run(clients_main(args.url, args.key, args.sessions, args.seconds, args.warmup, args.out))
+        return 0
+    counts = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.sessions]
+    rows = []
+    for n in counts:
+        row = bench(n, args.seconds, args.warmup, args.recording == "on", args.policies)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

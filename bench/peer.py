@@ -1,0 +1,161 @@
+"""The benchmark's two traffic endpoints: a voice-session upstream and a voice-session client.
+
+Traffic model (docs/performance-notes.md): the client streams ``input_audio_buffer.append`` with
+20 ms of PCM16 24 kHz audio (50 events/s); the upstream streams ``response.output_audio.delta``
+with 100 ms chunks (10/s) and ``response.output_audio_transcript.delta`` (5/s); full duplex, real
+time. Every frame carries its send time (``time.monotonic_ns``, one clock for every process on the
+machine) in ``event_id``, so the receiving side measures one-way latency. The same peers run
+direct (client → upstream) and through the relay, and the difference is what the relay adds.
+
+The upstream speaks the Realtime event shapes a relay inspects (``session.created`` with a GA
+session, audio and transcript deltas) but models no conversation: for protocol behaviour the
+tests use ``relay.sim``.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import base64
+import os
+import time
+
+import aiohttp
+import orjson
+from aiohttp import WSMsgType, web
+
+CLIENT_CHUNK = base64.b64encode(os.urandom(960)).decode()  # 20 ms PCM16 24 kHz
+UPSTREAM_CHUNK = base64.b64encode(os.urandom(4800)).decode()  # 100 ms
+SESSION_CREATED = orjson.dumps(
+    {
+        "type": "session.created",
+        "event_id": "event_bench",
+        "session": {
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": "sess_bench",
+            "model": "gpt-realtime",
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None},
+                "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin"},
+            },
+        },
+    }
+).decode()
+
+
+def stamp_of(text: str) -> int:
+    """The send time in ``"event_id":"b<ns>"``; -1 if absent."""
+    i = text.find('"event_id":"b')
+    if i < 0:
+        return -1
+    j = text.find('"', i + 13)
+    try:
+        return int(text[i + 13 : j])
+    except ValueError:
+        return -1
+
+
+class Latencies:
+    """One-way latencies in µs, appended to a compact array (no per-sample objects)."""
+
+    def __init__(self) -> None:
+        self.samples = array.array("q")
+        self.recording = False
+
+    def add(self, sent_ns: int) -> None:
+        if self.recording and sent_ns > 0:
+            self.samples.append((time.monotonic_ns() - sent_ns) // 1000)
+
+
+async def _pace(period: float, stop: asyncio.Event) -> None:
+    await asyncio.sleep(period)
+
+
+class BenchUpstream:
+    """An aiohttp server acting as the Realtime upstream for the benchmark."""
+
+    def __init__(self) -> None:
+        self.received = Latencies()
+        self.sessions = 0
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_get("/v1/realtime", self._session)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, backlog=2048)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _session(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=False, max_msg_size=0)
+        await ws.prepare(request)
+        self.sessions += 1
+        await ws.send_str(SESSION_CREATED)
+        streamer = asyncio.create_task(self._stream(ws))
+        try:
+            async for msg in ws:
+                if msg.type is WSMsgType.TEXT:
+                    self.received.add(stamp_of(msg.data))
+        finally:
+            streamer.cancel()
+            self.sessions -= 1
+        return ws
+
+    async def _stream(self, ws: web.WebSocketResponse) -> None:
+        tick = 0
+        next_at = time.monotonic()
+        while not ws.closed:
+            now_ns = time.monotonic_ns()
+            await ws.send_str(
+                f'{{"type":"response.output_audio.delta","event_id":"b{now_ns}","response_id":"resp_b",'
+                f'"item_id":"item_b","output_index":0,"content_index":0,"delta":"{UPSTREAM_CHUNK}"}}'
+            )
+            if tick % 2 == 0:
+                await ws.send_str(
+                    f'{{"type":"response.output_audio_transcript.delta","event_id":"b{time.monotonic_ns()}",'
+                    f'"response_id":"resp_b","item_id":"item_b","output_index":0,"content_index":0,'
+                    f'"delta":"hello there "}}'
+                )
+            tick += 1
+            next_at += 0.1
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+
+async def run_client(
+    http: aiohttp.ClientSession, url: str, key: str, seconds: float, latencies: Latencies, start_at: float
+) -> str:
+    """One voice session: real-time 20 ms appends for ``seconds``; returns '' or an error text."""
+    try:
+        async with http.ws_connect(
+            url, headers={"Authorization": f"Bearer {key}"}, compress=0, max_msg_size=0
+        ) as ws:
+            reader = asyncio.create_task(_read(ws, latencies))
+            await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+            next_at = time.monotonic()
+            end = next_at + seconds
+            while next_at < end and not ws.closed:
+                await ws.send_str(
+                    f'{{"type":"input_audio_buffer.append","event_id":"b{time.monotonic_ns()}","audio":"{CLIENT_CHUNK}"}}'
+                )
+                next_at += 0.02
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            reader.cancel()
+            await ws.close()
+            return ""
+    except (aiohttp.ClientError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+async def _read(ws: aiohttp.ClientWebSocketResponse, latencies: Latencies) -> None:
+    async for msg in ws:
+        if msg.type is WSMsgType.TEXT:
+            latencies.add(stamp_of(msg.data))
