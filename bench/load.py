@@ -31,7 +31,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from bench.peer import BenchUpstream, Latencies, run_client
+from bench.peer import BenchClients, BenchUpstream, Latencies
 
 BENCH_KEY = "rr-bench-key-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,17 +78,16 @@ async def upstream_main(port_file: Path) -> None:
 
 async def clients_main(url: str, key: str, sessions: int, seconds: float, warmup: float, out: Path) -> None:
     latencies = Latencies()
+    clients = BenchClients(url, key, latencies)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         start_at = time.monotonic() + 1.0 + sessions * 0.004
-        tasks = [
-            asyncio.create_task(run_client(http, url, key, seconds + warmup, latencies, start_at))
-            for _ in range(sessions)
-        ]
+        runner = asyncio.create_task(clients.run(http, sessions, seconds + warmup, start_at))
         await asyncio.sleep(max(0.0, start_at - time.monotonic()) + warmup)
         latencies.recording = True
-        errors = [e for e in await asyncio.gather(*tasks) if e]
+        await runner
         latencies.recording = False
+    errors = clients.errors
     out.write_text(
         json.dumps({**percentiles(latencies.samples), "errors": errors[:5], "failed": len(errors)})
     )
@@ -180,10 +179,13 @@ def run_phase(
     clients = subprocess.Popen(pinned(cmd, 1), cwd=ROOT)
     time.sleep(1.0 + sessions * 0.004 + warmup)
     http_json(stats_url + "/window?action=start")
+    c0, t0 = proc_cpu_seconds(clients.pid), time.monotonic()
+    time.sleep(seconds * 0.8)
+    c1, t1 = proc_cpu_seconds(clients.pid), time.monotonic()
     clients.wait(timeout=seconds + warmup + 120)
     up = http_json(stats_url + "/window?action=stop")
     down = json.loads(out.read_text())
-    return {"c2u": up, "u2c": down}
+    return {"c2u": up, "u2c": down, "clients_cpu_core_fraction": round((c1 - c0) / (t1 - t0), 3)}
 
 
 def bench(sessions: int, seconds: float, warmup: float, recording: bool, policies: str) -> dict[str, Any]:

@@ -69,17 +69,18 @@ class Latencies:
             self.samples.append((time.monotonic_ns() - sent_ns) // 1000)
 
 
-async def _pace(period: float, stop: asyncio.Event) -> None:
-    await asyncio.sleep(period)
-
-
 class BenchUpstream:
-    """An aiohttp server acting as the Realtime upstream for the benchmark."""
+    """An aiohttp server acting as the Realtime upstream for the benchmark.
+
+    One ticker streams to every live session (one wake-up per 100 ms, not one per session), so
+    the load generator stays light enough to measure the relay rather than itself.
+    """
 
     def __init__(self) -> None:
         self.received = Latencies()
-        self.sessions = 0
+        self.live: set[web.WebSocketResponse] = set()
         self._runner: web.AppRunner | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -90,72 +91,95 @@ class BenchUpstream:
         site = web.TCPSite(self._runner, host, port, backlog=2048)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+        self._ticker = asyncio.create_task(self._stream())
 
     async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
 
     async def _session(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(compress=False, max_msg_size=0)
         await ws.prepare(request)
-        self.sessions += 1
         await ws.send_str(SESSION_CREATED)
-        streamer = asyncio.create_task(self._stream(ws))
+        self.live.add(ws)
+        add = self.received.add
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
-                    self.received.add(stamp_of(msg.data))
+                    add(stamp_of(msg.data))
         finally:
-            streamer.cancel()
-            self.sessions -= 1
+            self.live.discard(ws)
         return ws
 
-    async def _stream(self, ws: web.WebSocketResponse) -> None:
+    async def _stream(self) -> None:
         tick = 0
         next_at = time.monotonic()
-        while not ws.closed:
-            now_ns = time.monotonic_ns()
-            await ws.send_str(
-                f'{{"type":"response.output_audio.delta","event_id":"b{now_ns}","response_id":"resp_b",'
-                f'"item_id":"item_b","output_index":0,"content_index":0,"delta":"{UPSTREAM_CHUNK}"}}'
-            )
-            if tick % 2 == 0:
-                await ws.send_str(
-                    f'{{"type":"response.output_audio_transcript.delta","event_id":"b{time.monotonic_ns()}",'
-                    f'"response_id":"resp_b","item_id":"item_b","output_index":0,"content_index":0,'
-                    f'"delta":"hello there "}}'
-                )
+        while True:
+            for ws in list(self.live):
+                if ws.closed:
+                    continue
+                try:
+                    await ws.send_str(
+                        f'{{"type":"response.output_audio.delta","event_id":"b{time.monotonic_ns()}","response_id":"resp_b",'
+                        f'"item_id":"item_b","output_index":0,"content_index":0,"delta":"{UPSTREAM_CHUNK}"}}'
+                    )
+                    if tick % 2 == 0:
+                        await ws.send_str(
+                            f'{{"type":"response.output_audio_transcript.delta","event_id":"b{time.monotonic_ns()}",'
+                            f'"response_id":"resp_b","item_id":"item_b","output_index":0,"content_index":0,'
+                            f'"delta":"hello there "}}'
+                        )
+                except ConnectionError:
+                    continue
             tick += 1
             next_at += 0.1
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
-async def run_client(
-    http: aiohttp.ClientSession, url: str, key: str, seconds: float, latencies: Latencies, start_at: float
-) -> str:
-    """One voice session: real-time 20 ms appends for ``seconds``; returns '' or an error text."""
-    try:
-        async with http.ws_connect(
-            url, headers={"Authorization": f"Bearer {key}"}, compress=0, max_msg_size=0
-        ) as ws:
-            reader = asyncio.create_task(_read(ws, latencies))
-            await asyncio.sleep(max(0.0, start_at - time.monotonic()))
-            next_at = time.monotonic()
-            end = next_at + seconds
-            while next_at < end and not ws.closed:
-                await ws.send_str(
-                    f'{{"type":"input_audio_buffer.append","event_id":"b{time.monotonic_ns()}","audio":"{CLIENT_CHUNK}"}}'
-                )
-                next_at += 0.02
-                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            reader.cancel()
-            await ws.close()
-            return ""
-    except (aiohttp.ClientError, OSError) as exc:
-        return f"{type(exc).__name__}: {exc}"
+class BenchClients:
+    """N voice sessions sending 20 ms appends in real time from one shared ticker."""
 
+    def __init__(self, url: str, key: str, latencies: Latencies) -> None:
+        self.url = url
+        self.key = key
+        self.latencies = latencies
+        self.errors: list[str] = []
 
-async def _read(ws: aiohttp.ClientWebSocketResponse, latencies: Latencies) -> None:
-    async for msg in ws:
-        if msg.type is WSMsgType.TEXT:
-            latencies.add(stamp_of(msg.data))
+    async def run(self, http: aiohttp.ClientSession, sessions: int, seconds: float, start_at: float) -> None:
+        opened = await asyncio.gather(*(self._open(http) for _ in range(sessions)))
+        sockets = [ws for ws in opened if ws is not None]
+        readers = [asyncio.create_task(self._read(ws)) for ws in sockets]
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        next_at = time.monotonic()
+        end = next_at + seconds
+        while next_at < end:
+            for ws in sockets:
+                if not ws.closed:
+                    try:
+                        await ws.send_str(
+                            f'{{"type":"input_audio_buffer.append","event_id":"b{time.monotonic_ns()}","audio":"{CLIENT_CHUNK}"}}'
+                        )
+                    except ConnectionError as exc:
+                        self.errors.append(f"send: {exc}")
+            next_at += 0.02
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+    async def _open(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse | None:
+        try:
+            return await http.ws_connect(
+                self.url, headers={"Authorization": f"Bearer {self.key}"}, compress=0, max_msg_size=0
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            return None
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        add = self.latencies.add
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                add(stamp_of(msg.data))

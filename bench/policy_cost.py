@@ -41,7 +41,10 @@ REALISTIC: list[dict[str, Any]] = [
     {
         "use": "tools",
         "with": {
-            "allow": ["get_weather", {"name": "lookup_order", "arguments": {"type": "object", "required": ["id"]}}]
+            "allow": [
+                "get_weather",
+                {"name": "lookup_order", "arguments": {"type": "object", "required": ["id"]}},
+            ]
         },
     },
     {
@@ -123,15 +126,19 @@ def build(entries: list[dict[str, Any]]) -> PolicyChain:
     return PolicyChain(policies, info, None)
 
 
-def per_event_ns(step: Callable[[], object], n: int) -> float:
-    for _ in range(min(n, 2000)):
-        step()
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter_ns()
-        for _ in range(n):
+def per_event_ns(steps: list[Callable[[], object]], n: int, rounds: int = 7) -> list[float]:
+    """Best time per call of each step; rounds alternate between the steps so that a noisy
+    neighbour slows them alike."""
+    for step in steps:
+        for _ in range(min(n, 2000)):
             step()
-        best = min(best, (time.perf_counter_ns() - t0) / n)
+    best = [float("inf")] * len(steps)
+    for _ in range(rounds):
+        for i, step in enumerate(steps):
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                step()
+            best[i] = min(best[i], (time.perf_counter_ns() - t0) / n)
     return best
 
 
@@ -141,7 +148,9 @@ def main() -> None:
     args = parser.parse_args()
     chain = build(REALISTIC)
     audit: list[AuditRecord] = []
-    print(f"{'event type':42} {'no policy':>10} {'policies':>10} {'added':>10}   (ns per event, best of 5)")
+    print(
+        f"{'event type':42} {'no policy':>10} {'policies':>10} {'added':>10}   (ns per event, best of 7 alternating rounds)"
+    )
     for label, client, payload in FRAMES:
         text = orjson.dumps(payload).decode()
         parse: Callable[[str, int, int], Event] = parse_client_frame if client else parse_upstream_frame
@@ -157,8 +166,7 @@ def main() -> None:
                 event = getattr(verdict, "event", None) or event
             return chain.recording_events(event)
 
-        base = per_event_ns(bare, args.n)
-        full = per_event_ns(with_chain, args.n)
+        base, full = per_event_ns([bare, with_chain], args.n)
         print(f"{label:42} {base:10.0f} {full:10.0f} {full - base:10.0f}")
     chain.flush_recording()
 

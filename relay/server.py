@@ -161,7 +161,7 @@ class Relay:
         from relay.sim import SimConfig, SimServer
 
         key = "sim-" + secrets.token_urlsafe(16)
-        self._sim = SimServer(SimConfig(api_key=key, host="127.0.0.1", port=0))
+        self._sim = SimServer(SimConfig(api_key=key, host="127.0.0.1", port=0, record_frames=False))
         await self._sim.start()
         log.warning(
             "NO UPSTREAM API KEY CONFIGURED: the relay is using its built-in Realtime simulator as upstream. "

@@ -43,7 +43,9 @@ async def text_turn(ws: aiohttp.ClientWebSocketResponse, text: str) -> dict[str,
 
 
 async def test_sigterm_drains_a_live_session_then_exits(tmp_path: Path, sim: SimServer) -> None:
-    proc = RelayProcess(process_config(tmp_path, sim.url, drain_seconds=20, log_level="info"), tmp_path).start()
+    proc = RelayProcess(
+        process_config(tmp_path, sim.url, drain_seconds=20, log_level="info"), tmp_path
+    ).start()
     try:
         async with aiohttp.ClientSession() as http:
             ws = await http.ws_connect(f"{proc.url}?model=gpt-realtime", headers=AUTH)

@@ -76,7 +76,12 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
         "policies_dir": str(tmp / "policies"),
         "drain_seconds": 5,
         "log_level": "warning",
-        "recording": {"enabled": False, "sink": "local", "local_dir": str(tmp / "recordings"), "spool_dir": str(tmp / "spool")},
+        "recording": {
+            "enabled": False,
+            "sink": "local",
+            "local_dir": str(tmp / "recordings"),
+            "spool_dir": str(tmp / "spool"),
+        },
         "budgets": {"store": "memory"},
     }
     for key, value in overrides.items():
