@@ -85,8 +85,6 @@ class BudgetsConfig:
 class LimitsConfig:
     max_frame_bytes: int = 16 * 1024 * 1024
     """Largest client frame accepted (OpenAI: 15 MiB of audio per append, plus JSON)."""
-    send_queue_frames: int = 256
-    """Frames queued towards a slow peer before the relay stops reading the other side."""
     max_session_seconds: float = 3600.0
     upstream_max_frame_bytes: int = 64 * 1024 * 1024
 

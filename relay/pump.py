@@ -16,9 +16,11 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
@@ -61,6 +63,7 @@ class Pumps:
         self.upstream = upstream
         self._background: set[asyncio.Task[None]] = set()
         self._stop: asyncio.Future[PumpResult] = asyncio.get_running_loop().create_future()
+        self._final_error: dict[str, Any] | None = None
 
     # -- public ------------------------------------------------------------------------------
 
@@ -87,6 +90,10 @@ class Pumps:
         finished = next(iter(done))
         if finished is self._stop:
             result = self._stop.result()
+            if self._final_error is not None:
+                text = orjson.dumps(self._final_error).decode()
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self.client.send_str(text)
         else:
             exc = finished.exception()
             if isinstance(exc, _End):
@@ -100,9 +107,15 @@ class Pumps:
         await self._close_both(result)
         return result
 
-    def shutdown(self, code: int, reason: str, outcome: str = "shutdown") -> None:
-        """End the session from outside (drain timeout, relay stopping)."""
+    def shutdown(
+        self, code: int, reason: str, outcome: str = "shutdown", error: dict[str, Any] | None = None
+    ) -> None:
+        """End the session from outside (drain timeout, maximum length, relay stopping).
+
+        ``error``: an ``error`` event payload sent to the client before the close.
+        """
         if not self._stop.done():
+            self._final_error = error
             self._stop.set_result(PumpResult("shutdown", outcome, code, reason, 1000, reason))
 
     # -- pumps -------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from relay import __version__
 from relay.config import RelayConfig, split_hostport
 from relay.contracts import SessionInfo, SessionSummary
 from relay.errors import HandshakeRejected, RecorderError, UpstreamError
-from relay.events import Dialect
+from relay.events import Dialect, error_event
 from relay.handshake import (
     ANSWER_SUBPROTOCOL,
     client_key,
@@ -355,8 +355,13 @@ class Relay:
         slog.info("session open", extra=opened)
         session.relay_event("session.open", opened, time.monotonic_ns())
         limit = self.cfg.limits.max_session_seconds
+        expired = error_event(
+            "session_expired",
+            f"The session reached the relay's maximum length of {limit:g} seconds.",
+            error_type="invalid_request_error",
+        )
         timer = asyncio.get_running_loop().call_later(
-            limit, pumps.shutdown, 1000, "maximum session length reached", "max_duration"
+            limit, pumps.shutdown, 1000, "maximum session length reached", "max_duration", expired
         )
         result: PumpResult | None = None
         try:

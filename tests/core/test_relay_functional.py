@@ -138,31 +138,21 @@ async def test_openai_agents_voice_turn_with_a_function_tool(relay: RunningRelay
 
 
 async def test_browser_style_subprotocol_auth(relay: RunningRelay, sim: SimServer) -> None:
+    """A browser's WebSocket: credentials in subprotocols, a voice turn that calls a tool."""
     protocols = ("realtime", f"openai-insecure-api-key.{relay.key}")
+    sim.script_transcripts('get_weather {"city": "Rome"}')
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(f"{relay.url}?model=gpt-realtime", protocols=protocols) as ws:
             assert ws.protocol == "realtime"
             assert ws._response.headers["X-Relay-Session-Id"].startswith("rs_")  # noqa: SLF001
             assert (await ws.receive_json())["type"] == "session.created"
             await ws.send_json(
-                {
-                    "type": "session.update",
-                    "session": {"type": "realtime", "output_modalities": ["text"], "tools": [WEATHER_TOOL]},
-                }
+                {"type": "session.update", "session": {"type": "realtime", "tools": [WEATHER_TOOL]}}
             )
-            await ws.send_json(
-                {
-                    "type": "conversation.item.create",
-                    "item": {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": 'get_weather {"city": "Rome"}'}],
-                    },
-                }  # fmt: skip
-            )
-            await ws.send_json({"type": "response.create"})
+            for frame in append_frames(utterance_pcm16("what is the weather in Rome")):
+                await ws.send_str(frame)
             call = await _raw_until(ws, "response.function_call_arguments.done")
-            assert call["name"] == "get_weather"
+            assert call["name"] == "get_weather" and json.loads(call["arguments"]) == {"city": "Rome"}
             await _raw_until(ws, "response.done")
             await ws.send_json(
                 {
@@ -171,6 +161,7 @@ async def test_browser_style_subprotocol_auth(relay: RunningRelay, sim: SimServe
                 }
             )
             await ws.send_json({"type": "response.create"})
+            await _raw_until(ws, "response.output_audio.delta")
             done = await _raw_until(ws, "response.done")
             assert "sunny" in json.dumps(done)
     upstream = sim.connections[-1]
@@ -414,3 +405,21 @@ async def test_speech_audio_passes_unchanged(relay: RunningRelay, sim: SimServer
     got = [f for f in sim.connections[-1].received_frames if "input_audio_buffer.append" in f]
     assert got == frames
     assert b"".join(base64.b64decode(orjson.loads(f)["audio"]) for f in got) == pcm
+
+
+async def test_relay_maximum_session_length_ends_with_an_error_then_close(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    async with (
+        running_relay(tmp_path, upstream=sim, limits={"max_session_seconds": 1}) as r,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.ws_connect(
+            f"{r.url}?model=gpt-realtime", headers={"Authorization": f"Bearer {r.key}"}
+        ) as ws:
+            events = []
+            async with asyncio.timeout(10):
+                while (msg := await ws.receive()).type is aiohttp.WSMsgType.TEXT:
+                    events.append(orjson.loads(msg.data))
+            assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "session_expired"
+            assert ws.close_code == 1000
