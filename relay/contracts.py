@@ -71,12 +71,18 @@ class SessionPolicy(Protocol):
     def initial_actions(self) -> Sequence[dict[str, Any]]:
         """Payloads to send upstream right after connecting (e.g. a pinned session.update)."""
 
-    def recording_events(self, event: Event) -> Sequence[Event]:
+    def recording_wants(self, direction: Direction, event_type: str) -> bool:
+        """True if a recording rule concerns this event type (else it is recorded as forwarded)."""
+
+    def recording_events(self, event: Event, audit: list[AuditRecord] | None = None) -> Sequence[Event]:
         """What to record in place of a forwarded event, after ``recording``-target redaction.
 
         Usually ``(event,)``. Streaming deltas may be held back and released later (redacted) so
         a value split across deltas is still caught in the recording.
         """
+
+    def flush_recording(self, audit: list[AuditRecord] | None = None) -> Sequence[Event]:
+        """Release what the recording side still holds back; called once at session end."""
 
 
 class SessionGuard(Protocol):

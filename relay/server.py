@@ -96,7 +96,9 @@ class Relay:
 
         cfg = self.cfg
         self.store = PolicyStore.load(cfg.policies_dir)
-        self._watcher = PolicyWatcher(cfg.policies_dir, self._policies_changed, self.metrics)
+        self._watcher = PolicyWatcher(
+            cfg.policies_dir, self._policies_changed, self.metrics, store=self.store
+        )
         await self._watcher.start()
 
         target = self._upstream_override
@@ -415,6 +417,10 @@ class Relay:
             "frame_errors": session.frame_errors,
             "usage": summary.usage,
         }
+        try:
+            session.finish(time.monotonic_ns())
+        except Exception:
+            slog.exception("policy failed to release held recording events")
         session.relay_event("session.close", closed, time.monotonic_ns())
         if recording is not None:
             try:

@@ -112,15 +112,17 @@ class Session:
             return ()
         recording = self.recording
         if recording is not None:
-            policy = self.policy
             t_us = (now_ns - self.info.started_ns) // 1000
-            if policy is None:
-                ok = recording.record_event(event, t_us)
+            policy = self.policy
+            if policy is None or not policy.recording_wants(event.direction, event.type):
+                ok = recording.record_event(event, t_us) is not False
             else:
                 ok = True
-                for ev in policy.recording_events(event):
+                for ev in policy.recording_events(event, self._audit):
                     ok = recording.record_event(ev, t_us) is not False and ok
-            if ok is False and not self.recording_failed:
+                if self._audit:
+                    self._flush_audit(now_ns)
+            if not ok and not self.recording_failed:
                 self.recording_failed = True
                 return (
                     Send(
@@ -141,6 +143,15 @@ class Session:
             self._flush_audit(event.recv_ns)
             return follow
         return ()
+
+    def finish(self, now_ns: int) -> None:
+        """At session end: record what the policies still hold back for the recording."""
+        if self.recording is None or self.policy is None:
+            return
+        t_us = (now_ns - self.info.started_ns) // 1000
+        for ev in self.policy.flush_recording(self._audit):
+            self.recording.record_event(ev, t_us)
+        self._flush_audit(now_ns)
 
     def relay_event(self, kind: str, body: dict[str, Any], now_ns: int) -> None:
         """Record one of the relay's own events (open, close, drain...) in the session's trail."""

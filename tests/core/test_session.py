@@ -56,8 +56,14 @@ class TablePolicy:
     def initial_actions(self) -> Sequence[dict[str, Any]]:
         return ()
 
-    def recording_events(self, event: Event) -> Sequence[Event]:
+    def recording_wants(self, direction: Direction, event_type: str) -> bool:
+        return False
+
+    def recording_events(self, event: Event, audit: list[AuditRecord] | None = None) -> Sequence[Event]:
         return (event,)
+
+    def flush_recording(self, audit: list[AuditRecord] | None = None) -> Sequence[Event]:
+        return ()
 
 
 class CountingGuard:
