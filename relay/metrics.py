@@ -225,8 +225,13 @@ class RelayMetrics:
             "relay_build_info", "Always 1; the running version is in the label.", ["version"], registry=r
         )
         self.build_info.labels(__version__).set(1)
+        # Label sets with a fixed, documented set of values exist from the start (see preinit_tenant).
         for direction in ("client_to_upstream", "upstream_to_client"):
             self.forward_seconds.labels(direction)
+        for result in ("ok", "error"):
+            self.policy_reloads_total.labels(result)
+        for status in ("complete", "incomplete"):
+            self.recordings_total.labels(status)
 
     def preinit_tenant(self, tenant: str) -> None:
         """Create a tenant's series at zero before its first session (call for every policy tenant).

@@ -32,6 +32,8 @@ from relay.session import Session
 
 _CLOSING = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
 _UNSENDABLE = (1005, 1006, 1015)
+_NORMAL_CLOSE = (None, 1000, 1001, 1005)
+"""Client close codes that end a session normally (outcome ``ok``); others are ``client_closed``."""
 
 
 @dataclass(slots=True)
@@ -135,7 +137,8 @@ class Pumps:
                 code = ws.close_code
                 reason = _reason(msg.extra)
                 up_code = 1000 if code is None or code in _UNSENDABLE else code
-                return PumpResult("client", "client_closed", code, reason, up_code, reason)
+                outcome = "ok" if code in _NORMAL_CLOSE else "client_closed"
+                return PumpResult("client", outcome, code, reason, up_code, reason)
             elif kind is WSMsgType.ERROR:
                 return PumpResult(
                     "client", "client_error", 1006, str(msg.data), 1000, "client connection lost"

@@ -96,6 +96,8 @@ class Relay:
 
         cfg = self.cfg
         self.store = PolicyStore.load(cfg.policies_dir)
+        for tenant in self.store.tenants:
+            self.metrics.preinit_tenant(tenant)
         self._watcher = PolicyWatcher(
             cfg.policies_dir, self._policies_changed, self.metrics, store=self.store
         )
@@ -174,6 +176,8 @@ class Relay:
 
     def _policies_changed(self, store: Any) -> None:
         self.store = store
+        for tenant in store.tenants:
+            self.metrics.preinit_tenant(tenant)
 
     async def drain(self, seconds: float | None = None) -> None:
         """Stop taking sessions; wait for live ones up to ``drain_seconds``, then close them (1001)."""
@@ -379,7 +383,7 @@ class Relay:
                 self._idle.set()
             metrics.sessions_active.labels(info.tenant).dec()
             if result is None:
-                result = PumpResult("relay", "relay_error", 1011, "relay error", 1000, "")
+                result = PumpResult("relay", "internal_error", 1011, "relay error", 1000, "")
             self._finish(info, session, guard, recording, result, slog)
         return client
 
