@@ -193,7 +193,9 @@ async def test_two_relay_processes_share_one_redis(tmp_path: Path, sim: SimServe
     cfg = base_config(
         tmp_path, budgets={"store": redis_server.url}, upstream={"url": sim.url, "api_key": SIM_KEY}
     )
-    a, b = RelayProcess(cfg, tmp_path), RelayProcess(cfg, tmp_path)
+    # Two replicas: one Redis, and (as in the chart) a spool of their own each.
+    cfg_b = {**cfg, "recording": {**cfg["recording"], "spool_dir": str(tmp_path / "spool-b")}}
+    a, b = RelayProcess(cfg, tmp_path), RelayProcess(cfg_b, tmp_path)
     await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
     try:
         client_a = AsyncOpenAI(api_key=TEST_KEY, websocket_base_url=a.ws_base)

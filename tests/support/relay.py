@@ -77,7 +77,6 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
         "drain_seconds": 5,
         "log_level": "warning",
         "recording": {
-            "enabled": False,
             "sink": "local",
             "local_dir": str(tmp / "recordings"),
             "spool_dir": str(tmp / "spool"),
