@@ -188,7 +188,42 @@ def run_phase(
     return {"c2u": up, "u2c": down, "clients_cpu_core_fraction": round((c1 - c0) / (t1 - t0), 3)}
 
 
-def bench(sessions: int, seconds: float, warmup: float, recording: bool, policies: str) -> dict[str, Any]:
+def measure_process(
+    tmp: Path,
+    cmd: list[str],
+    ready_url: str,
+    url: str,
+    key: str,
+    sessions: int,
+    seconds: float,
+    warmup: float,
+    stats: str,
+) -> dict[str, Any]:
+    """Start a relaying process on CPU 0, run the clients through it, and measure its cost."""
+    log = (tmp / f"proc-{time.monotonic_ns()}.log").open("wb")
+    proc = subprocess.Popen(pinned(cmd, 0), cwd=ROOT, stdout=log, stderr=log)
+    try:
+        wait_ready(ready_url, proc)
+        rss_idle = proc_rss_kb(proc.pid)
+        cpu0, t0 = proc_cpu_seconds(proc.pid), time.monotonic()
+        phase = run_phase(tmp, url, key, sessions, seconds, warmup, stats)
+        cpu1, t1 = proc_cpu_seconds(proc.pid), time.monotonic()
+        rss_peak = proc_rss_kb(proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    phase["cpu_core_fraction"] = round((cpu1 - cpu0) / (t1 - t0), 3)
+    phase["rss_idle_mb"] = round(rss_idle / 1024, 1)
+    phase["rss_per_session_kb"] = round((rss_peak - rss_idle) / max(1, sessions), 1)
+    return phase
+
+
+def bench(
+    sessions: int, seconds: float, warmup: float, recording: bool, policies: str, baseline: bool = False
+) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -209,22 +244,17 @@ def bench(sessions: int, seconds: float, warmup: float, recording: bool, policie
 
         port, admin = free_port(), free_port()
         config = relay_config(tmp, ports["ws"], port, admin, recording, policies)
-        log = (tmp / "relay.log").open("wb")
-        relay = subprocess.Popen(
-            pinned([sys.executable, "-m", "relay", "serve", "--config", str(config)], 0),
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
+        relayed = measure_process(
+            tmp,
+            [sys.executable, "-m", "relay", "serve", "--config", str(config)],
+            f"http://127.0.0.1:{admin}/readyz",
+            f"ws://127.0.0.1:{port}/v1/realtime",
+            BENCH_KEY,
+            sessions,
+            seconds,
+            warmup,
+            stats,
         )
-        procs.append(relay)
-        wait_ready(f"http://127.0.0.1:{admin}/readyz", relay)
-        rss_idle = proc_rss_kb(relay.pid)
-        cpu0, t0 = proc_cpu_seconds(relay.pid), time.monotonic()
-        relayed = run_phase(
-            tmp, f"ws://127.0.0.1:{port}/v1/realtime", BENCH_KEY, sessions, seconds, warmup, stats
-        )
-        cpu1, t1 = proc_cpu_seconds(relay.pid), time.monotonic()
-        rss_peak = proc_rss_kb(relay.pid)
         result: dict[str, Any] = {
             "sessions": sessions,
             "seconds": seconds,
@@ -232,10 +262,34 @@ def bench(sessions: int, seconds: float, warmup: float, recording: bool, policie
             "policies": policies,
             "direct": direct,
             "relay": relayed,
-            "relay_cpu_core_fraction": round((cpu1 - cpu0) / (t1 - t0), 3),
-            "relay_rss_idle_mb": round(rss_idle / 1024, 1),
-            "relay_rss_per_session_kb": round((rss_peak - rss_idle) / max(1, sessions), 1),
+            "relay_cpu_core_fraction": relayed["cpu_core_fraction"],
+            "relay_rss_idle_mb": relayed["rss_idle_mb"],
+            "relay_rss_per_session_kb": relayed["rss_per_session_kb"],
         }
+        if baseline:
+            fport = free_port()
+            forwarded = measure_process(
+                tmp,
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.forwarder",
+                    "--listen",
+                    f"127.0.0.1:{fport}",
+                    "--upstream",
+                    f"ws://127.0.0.1:{ports['ws']}/v1/realtime",
+                ],  # fmt: skip
+                f"http://127.0.0.1:{fport}/readyz",
+                f"ws://127.0.0.1:{fport}/v1/realtime",
+                "none",
+                sessions,
+                seconds,
+                warmup,
+                stats,
+            )
+            result["forwarder"] = forwarded
+            for d in ("c2u", "u2c"):
+                result[f"forwarder_added_{d}_p99_ms"] = round(forwarded[d]["p99_ms"] - direct[d]["p99_ms"], 3)
         for d in ("c2u", "u2c"):
             result[f"added_{d}_p50_ms"] = round(relayed[d]["p50_ms"] - direct[d]["p50_ms"], 3)
             result[f"added_{d}_p99_ms"] = round(relayed[d]["p99_ms"] - direct[d]["p99_ms"], 3)
@@ -252,18 +306,23 @@ def bench(sessions: int, seconds: float, warmup: float, recording: bool, policie
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| sessions | recording | policies | direct p99 c2u / u2c (ms) | relay p99 c2u / u2c (ms) | "
-        "added p50 c2u / u2c (ms) | added p99 c2u / u2c (ms) | relay CPU (core) | RSS/session (KB) | failed |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "| sessions | recording | policies | added p50 c2u / u2c (ms) | added p99 c2u / u2c (ms) | relay CPU (core) "
+        "| RSS/session (KB) | forwarder added p99 c2u / u2c (ms) | forwarder CPU (core) | direct p99 c2u / u2c (ms) | failed |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
-        d, x = r["direct"], r["relay"]
+        d, x, f = r["direct"], r["relay"], r.get("forwarder")
+        fwd = (
+            f"{r['forwarder_added_c2u_p99_ms']:.2f} / {r['forwarder_added_u2c_p99_ms']:.2f} | {f['cpu_core_fraction']:.2f}"
+            if f
+            else "– | –"
+        )
         lines.append(
             f"| {r['sessions']} | {'on' if r['recording'] else 'off'} | {r['policies']} | "
-            f"{d['c2u']['p99_ms']:.2f} / {d['u2c']['p99_ms']:.2f} | {x['c2u']['p99_ms']:.2f} / {x['u2c']['p99_ms']:.2f} | "
             f"{r['added_c2u_p50_ms']:.2f} / {r['added_u2c_p50_ms']:.2f} | {r['added_c2u_p99_ms']:.2f} / {r['added_u2c_p99_ms']:.2f} | "
-            f"{r['relay_cpu_core_fraction']:.2f} | {r['relay_rss_per_session_kb']:.0f} | {x['u2c'].get('failed', 0)} |"
+            f"{r['relay_cpu_core_fraction']:.2f} | {r['relay_rss_per_session_kb']:.0f} | {fwd} | "
+            f"{d['c2u']['p99_ms']:.2f} / {d['u2c']['p99_ms']:.2f} | {x['u2c'].get('failed', 0)} |"
         )
     return head + "\n".join(lines)
 
@@ -286,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--recording", choices=["on", "off"], default="off")
     parser.add_argument("--policies", choices=["none", "realistic"], default="none")
+    parser.add_argument(
+        "--baseline", action="store_true", help="also run a plain aiohttp forwarder (bench.forwarder)"
+    )
     args = parser.parse_args(argv)
     if args.role == "upstream":
         asyncio.run(upstream_main(args.port_file))
@@ -296,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.sessions]
     rows = []
     for n in counts:
-        row = bench(n, args.seconds, args.warmup, args.recording == "on", args.policies)
+        row = bench(n, args.seconds, args.warmup, args.recording == "on", args.policies, args.baseline)
         print(json.dumps(row), flush=True)
         rows.append(row)
     print(table(rows))

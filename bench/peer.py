@@ -114,18 +114,23 @@ class BenchUpstream:
         return ws
 
     async def _stream(self) -> None:
+        # Sessions are spread over ten 10 ms slots, as independent calls would be: a burst of
+        # every session's delta at the same instant would measure queueing, not the relay.
+        slots = 10
         tick = 0
         next_at = time.monotonic()
         while True:
-            for ws in list(self.live):
-                if ws.closed:
+            slot = tick % slots
+            transcript = (tick // slots) % 2 == 0
+            for i, ws in enumerate(list(self.live)):
+                if i % slots != slot or ws.closed:
                     continue
                 try:
                     await ws.send_str(
                         f'{{"type":"response.output_audio.delta","event_id":"b{time.monotonic_ns()}","response_id":"resp_b",'
                         f'"item_id":"item_b","output_index":0,"content_index":0,"delta":"{UPSTREAM_CHUNK}"}}'
                     )
-                    if tick % 2 == 0:
+                    if transcript:
                         await ws.send_str(
                             f'{{"type":"response.output_audio_transcript.delta","event_id":"b{time.monotonic_ns()}",'
                             f'"response_id":"resp_b","item_id":"item_b","output_index":0,"content_index":0,'
@@ -134,7 +139,7 @@ class BenchUpstream:
                 except ConnectionError:
                     continue
             tick += 1
-            next_at += 0.1
+            next_at += 0.1 / slots
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
@@ -152,10 +157,14 @@ class BenchClients:
         sockets = [ws for ws in opened if ws is not None]
         readers = [asyncio.create_task(self._read(ws)) for ws in sockets]
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        # Sessions spread over ten 2 ms slots of the 20 ms frame period (see BenchUpstream).
+        slots = 10
+        groups = [sockets[i::slots] for i in range(slots)]
+        tick = 0
         next_at = time.monotonic()
         end = next_at + seconds
         while next_at < end:
-            for ws in sockets:
+            for ws in groups[tick % slots]:
                 if not ws.closed:
                     try:
                         await ws.send_str(
@@ -163,7 +172,8 @@ class BenchClients:
                         )
                     except ConnectionError as exc:
                         self.errors.append(f"send: {exc}")
-            next_at += 0.02
+            tick += 1
+            next_at += 0.02 / slots
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         for task in readers:
             task.cancel()
