@@ -6,8 +6,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := redis-server prometheus espeak-ng sox
-SYSTEM_COMMANDS := redis-server prometheus promtool espeak-ng sox
+SYSTEM_PACKAGES := redis-server prometheus espeak-ng sox openssl
+SYSTEM_COMMANDS := redis-server prometheus promtool espeak-ng sox openssl
 PYTEST_ARGS ?=
 
 .PHONY: run test lint types unit sysdeps bench clean sim
