@@ -239,7 +239,7 @@ def bench(
         ports = json.loads(port_file.read_text())
         stats = f"http://127.0.0.1:{ports['stats']}"
         direct = run_phase(
-            tmp, f"ws://127.0.0.1:{ports['ws']}/v1/realtime", "direct", sessions, seconds, warmup, stats
+            tmp, f"ws://127.0.0.1:{ports['ws']}/v1/realtime?model=gpt-realtime", "direct", sessions, seconds, warmup, stats
         )
 
         port, admin = free_port(), free_port()
@@ -248,7 +248,7 @@ def bench(
             tmp,
             [sys.executable, "-m", "relay", "serve", "--config", str(config)],
             f"http://127.0.0.1:{admin}/readyz",
-            f"ws://127.0.0.1:{port}/v1/realtime",
+            f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime",
             BENCH_KEY,
             sessions,
             seconds,
@@ -280,7 +280,7 @@ def bench(
                     f"ws://127.0.0.1:{ports['ws']}/v1/realtime",
                 ],  # fmt: skip
                 f"http://127.0.0.1:{fport}/readyz",
-                f"ws://127.0.0.1:{fport}/v1/realtime",
+                f"ws://127.0.0.1:{fport}/v1/realtime?model=gpt-realtime",
                 "none",
                 sessions,
                 seconds,

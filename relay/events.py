@@ -76,17 +76,18 @@ class Event:
         )
 
 
-def peek_type(text: str) -> str | None:
-    """The top-level ``type`` of a JSON object, found without parsing; ``None`` if unsure.
+def string_span(text: str, key: str) -> tuple[int, int] | None:
+    """Span of the characters of the top-level string member ``key`` (quotes excluded).
 
-    ``"type"`` followed by a colon can only be an object key (a quote inside a JSON string is
-    escaped). It is the top-level key if no ``{`` or ``[`` comes before it but the opening brace.
-    Anything less certain returns None and the caller parses.
+    Found without parsing: ``"key"`` followed by a colon can only be an object key (a quote inside
+    a JSON string is escaped), and it is a top-level key if no ``{`` or ``[`` comes before it but
+    the opening brace. Anything less certain (nesting before it, an escape inside the value, a
+    non-string value) returns None and the caller parses the JSON instead.
     """
-    i = text.find('"type"')
+    i = text.find(f'"{key}"')
     if i < 0 or text.find("{", 1, i) >= 0 or text.find("[", 0, i) >= 0:
         return None
-    j = i + 6
+    j = i + len(key) + 2
     n = len(text)
     while j < n and text[j] in " \t\r\n":
         j += 1
@@ -98,12 +99,15 @@ def peek_type(text: str) -> str | None:
     if j >= n or text[j] != '"':
         return None
     k = text.find('"', j + 1)
-    if k < 0:
+    if k < 0 or text.find("\\", j + 1, k) >= 0:
         return None
-    value = text[j + 1 : k]
-    if "\\" in value:
-        return None
-    return value
+    return j + 1, k
+
+
+def peek_type(text: str) -> str | None:
+    """The top-level ``type`` of a JSON object, found without parsing; ``None`` if unsure."""
+    span = string_span(text, "type")
+    return None if span is None else text[span[0] : span[1]]
 
 
 def parse_client_frame(text: str, seq: int, now_ns: int) -> Event:

@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING
 from relay.actions import Action, Call, Close, Send
 from relay.budget import enforce as E
 from relay.budget.enforcer import NOTHING, Enforcer, synth
-from relay.budget.meter import Meter, b64_decoded_len, b64_len_in, output_cap, scan_string
+from relay.budget.meter import Meter, b64_decoded_len, b64_len_in, output_cap
 from relay.budget.pricing import ModelPrices, TokenUsage, response_cost, transcription_cost
 from relay.budget.report import SessionReport
 from relay.budget.spec import BudgetSpec, Limit
 from relay.budget.tally import Tally
 from relay.budget.units import Amounts, usd_to_nano
 from relay.contracts import SessionInfo, SessionSummary
-from relay.events import C2U, U2C, Event, error_event
+from relay.events import C2U, U2C, Event, error_event, string_span
 from relay.verdicts import AuditRecord
 
 if TYPE_CHECKING:
@@ -229,8 +229,8 @@ class BudgetGuard:
 
     def _on_audio_delta(self, event: Event) -> Sequence[Action] | None:
         text = event.text
-        span = scan_string(text, "delta")
-        ids = scan_string(text, "item_id")
+        span = string_span(text, "delta")
+        ids = string_span(text, "item_id")
         if span is None or ids is None:
             p = event.payload()
             delta, item = p.get("delta"), p.get("item_id")

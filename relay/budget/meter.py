@@ -51,33 +51,6 @@ def b64_len_in(text: str, start: int, end: int) -> int:
     return n // 4 * 3 - pad
 
 
-def scan_string(text: str, key: str) -> tuple[int, int] | None:
-    """Bounds of the string value of the first ``"key"`` in JSON ``text``; None if unsure.
-
-    Valid for flat events whose keys are unique (audio deltas). A value with an escape, or any
-    layout this does not expect, returns None and the caller parses the JSON instead.
-    """
-    quoted = f'"{key}"'
-    i = text.find(quoted)
-    if i < 0:
-        return None
-    j = i + len(quoted)
-    n = len(text)
-    while j < n and text[j] in " \t\r\n":
-        j += 1
-    if j >= n or text[j] != ":":
-        return None
-    j += 1
-    while j < n and text[j] in " \t\r\n":
-        j += 1
-    if j >= n or text[j] != '"':
-        return None
-    k = text.find('"', j + 1)
-    if k < 0 or text.find("\\", j + 1, k) >= 0:
-        return None
-    return j + 1, k
-
-
 def format_bps(fmt: Any) -> int | None:
     """Bytes per second of an audio format in either dialect; None if not recognised."""
     if isinstance(fmt, str):

@@ -94,31 +94,6 @@ def _type_json(event_type: str) -> bytes:
     return j
 
 
-def string_span(text: str, key: str) -> tuple[int, int] | None:
-    """Span of the characters of the top-level string member ``key`` (quotes excluded).
-
-    None when unsure (nested before it, escapes inside, odd spacing): the caller parses instead.
-    """
-    i = text.find(f'"{key}"')
-    if i < 0 or text.find("{", 1, i) >= 0 or text.find("[", 0, i) >= 0:
-        return None
-    j = i + len(key) + 2
-    n = len(text)
-    while j < n and text[j] in " \t\r\n":
-        j += 1
-    if j >= n or text[j] != ":":
-        return None
-    j += 1
-    while j < n and text[j] in " \t\r\n":
-        j += 1
-    if j >= n or text[j] != '"':
-        return None
-    k = text.find('"', j + 1)
-    if k < 0 or text.find("\\", j + 1, k) >= 0:
-        return None
-    return j + 1, k
-
-
 def decode_b64(value: str) -> bytes | None:
     """Decode an audio payload (lenient like binascii: stray characters are skipped)."""
     try:

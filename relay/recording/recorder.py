@@ -267,7 +267,11 @@ class Recorder:
 
     async def _sync(self) -> None:
         marks = []
+        started = time.perf_counter()
         for name, live in list(self._live.items()):
+            if time.perf_counter() - started > _SLICE:  # compressing every session's log is long work
+                await asyncio.sleep(0)
+                started = time.perf_counter()
             live.sink.flush_events()
             try:
                 live.spool.flush()

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from relay.contracts import SessionInfo, SessionSummary
-from relay.events import C2U, Event
+from relay.events import C2U, Event, string_span
 from relay.recording import eventlog as el
 from relay.recording.audioformat import PCM16_24K, AudioFormat, convert, session_formats
 from relay.recording.retention import RecordingPolicy
@@ -356,7 +356,7 @@ class SessionRecording:
                 if i > 0 and j < len(text) and text[i - 1] == '"' and text[j] == '"':
                     span, b64 = (i, j), value
         else:
-            span = el.string_span(text, key)
+            span = string_span(text, key)
             if span is not None:
                 b64 = text[span[0] : span[1]]
         if span is None:
@@ -398,7 +398,7 @@ class SessionRecording:
     def _ids(ev: Event, text: str) -> tuple[str, str]:
         ids = []
         for k in ("item_id", "response_id"):
-            span = el.string_span(text, k)
+            span = string_span(text, k)
             if span is not None:
                 ids.append(text[span[0] : span[1]])
             else:

@@ -5,7 +5,8 @@ from fractions import Fraction
 
 import pytest
 
-from relay.budget.meter import Meter, SessionAudioConfig, b64_decoded_len, b64_len_in, format_bps, scan_string
+from relay.budget.meter import Meter, SessionAudioConfig, b64_decoded_len, b64_len_in, format_bps
+from relay.events import string_span
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 959, 960, 961, 4800, 123457])
@@ -112,11 +113,11 @@ def test_heard_is_cut_at_truncate():
 
 def test_scan_string_finds_flat_values_or_gives_up():
     text = '{"type":"response.output_audio.delta","item_id":"item_9","delta":"AAAA"}'
-    i, j = scan_string(text, "delta")
+    i, j = string_span(text, "delta")
     assert text[i:j] == "AAAA"
     spaced = '{"type": "response.audio.delta", "item_id": "x", "delta" : "QUJD"}'
-    i, j = scan_string(spaced, "delta")
+    i, j = string_span(spaced, "delta")
     assert spaced[i:j] == "QUJD"
-    assert scan_string('{"delta":"AA\\/A"}', "delta") is None
-    assert scan_string('{"delta":12}', "delta") is None
-    assert scan_string('{"other":"x"}', "delta") is None
+    assert string_span('{"delta":"AA\\/A"}', "delta") is None
+    assert string_span('{"delta":12}', "delta") is None
+    assert string_span('{"other":"x"}', "delta") is None

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +25,9 @@ from tests.deploy.chart_support import (
     materialize_configmap_volume,
     rendered_relay_yaml,
 )
+from tests.support.relay import ServedProcess, free_port
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pod_env(container: dict[str, Any], secrets: dict[str, dict[str, str]]) -> dict[str, str]:
@@ -55,7 +47,7 @@ def pod_env(container: dict[str, Any], secrets: dict[str, dict[str, str]]) -> di
     return env
 
 
-class ChartPod:
+class ChartPod(ServedProcess):
     def __init__(
         self, objs: list[dict[str, Any]], secrets: dict[str, dict[str, str]], workdir: Path, name: str
     ) -> None:
@@ -72,7 +64,6 @@ class ChartPod:
         args = list(container["args"])
         args[args.index("/etc/relay/relay.yaml")] = str(config)
         (command,) = container["command"]
-        self.argv = [str(BIN / command), *args]
 
         (volume,) = [v for v in pod["volumes"] if v["name"] == "policies"]
         policies = find(objs, "ConfigMap", volume["configMap"]["name"])
@@ -80,72 +71,40 @@ class ChartPod:
             self.dir / "policies", policies, volume["configMap"]["items"], "2025_01_01.0"
         )
 
-        self.port = free_port()
-        self.admin_port = free_port()
-        self.env = {
+        port, admin_port = free_port(), free_port()
+        env = {
             **os.environ,
             **pod_env(container, secrets),
-            "RELAY_LISTEN": f"127.0.0.1:{self.port}",
-            "RELAY_ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
+            "RELAY_LISTEN": f"127.0.0.1:{port}",
+            "RELAY_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
             "RELAY_POLICIES_DIR": str(self.dir / "policies"),
             "RELAY_RECORDING_SPOOL_DIR": str(self.dir / "spool"),
             "RELAY_RECORDING_LOCAL_DIR": str(self.dir / "recordings"),
         }
-        self.log_path = self.dir / "relay.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def ws_base(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1"
-
-    @property
-    def admin(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        super().__init__([str(BIN / command), *args], env, self.dir / "relay.log", port, admin_port)
 
     def start(self, timeout: float = 20.0) -> ChartPod:
         """Start and wait for the readiness probe, as the Service would before routing to it."""
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.logs()}")
-            if self.probe("/readyz") == 200:
-                return self
-            time.sleep(0.05)
-        raise AssertionError(f"{self.name} not ready after {timeout}s:\n{self.logs()}")
+        super().start(timeout)
+        return self
 
     def probe(self, path: str) -> int | None:
         """HTTP status of an admin endpoint, like the kubelet's httpGet probe (None: no answer)."""
-        try:
-            with urllib.request.urlopen(self.admin + path, timeout=1) as resp:
-                return int(resp.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-        except OSError:
-            return None
+        return self.http_status(path)
 
     def terminate(self) -> None:
         """What the kubelet does after the preStop hook: SIGTERM to the container's process."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM)
 
     def exit_code(self) -> int | None:
         assert self.proc is not None
         return self.proc.poll()
-
-    def wait(self, timeout: float) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
 
     def kill(self) -> None:
         """Teardown only: SIGKILL by PID if the process is still there (the grace period ran out)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 class SimProcess:

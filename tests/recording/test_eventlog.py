@@ -7,6 +7,7 @@ import hashlib
 import orjson
 import pytest
 
+from relay.events import string_span
 from relay.recording import eventlog as el
 
 
@@ -55,7 +56,7 @@ def test_split_line_rejects_a_line_without_hash() -> None:
     ],
 )
 def test_string_span(text: str, expected: str | None) -> None:
-    span = el.string_span(text, "audio")
+    span = string_span(text, "audio")
     assert (text[span[0] : span[1]] if span else None) == expected
 
 

@@ -154,19 +154,18 @@ async def running_relay(
         await relay.stop()
 
 
-class RelayProcess:
-    """``relay serve --config F`` as a child process, for signal tests (SIGTERM drain, SIGKILL)."""
+class ServedProcess:
+    """A relay-like child process with a public port and an admin port: start it, wait for
+    ``/readyz``, signal it, stop it by its own PID. Subclasses decide the command and environment."""
 
-    def __init__(self, config: Mapping[str, Any], tmp: Path, env: Mapping[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.admin_port = free_port()
-        cfg = dict(config)
-        cfg["listen"] = f"127.0.0.1:{self.port}"
-        cfg["admin_listen"] = f"127.0.0.1:{self.admin_port}"
-        self.config_path = tmp / f"relay-{self.port}.yaml"
-        self.config_path.write_text(yaml.safe_dump(cfg))
-        self.log_path = tmp / f"relay-{self.port}.log"
-        self.env = {**os.environ, **(env or {})}
+    def __init__(
+        self, argv: list[str], env: Mapping[str, str], log_path: Path, port: int, admin_port: int
+    ) -> None:
+        self.argv = argv
+        self.env = dict(env)
+        self.log_path = log_path
+        self.port = port
+        self.admin_port = admin_port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -181,25 +180,22 @@ class RelayProcess:
     def admin(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
-    def start(self, timeout: float = 20.0) -> RelayProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=ROOT,
-        )
+    def start(self, timeout: float = 20.0) -> Any:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"relay exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+                raise RuntimeError(f"{self.argv[0]} exited with {self.proc.returncode}:\n{self.logs()}")
             if self.http_status("/readyz") == 200:
                 return self
             time.sleep(0.05)
-        raise RuntimeError(f"relay not ready after {timeout}s:\n{self.log_path.read_text()}")
+        raise RuntimeError(f"not ready after {timeout}s:\n{self.logs()}")
 
     def http_status(self, path: str) -> int | None:
+        """HTTP status of an admin endpoint (None: no answer), like a kubelet httpGet probe."""
         try:
             with urllib.request.urlopen(self.admin + path, timeout=1) as resp:
                 return int(resp.status)
@@ -227,4 +223,22 @@ class RelayProcess:
             self.proc.wait(5)
 
     def logs(self) -> str:
-        return self.log_path.read_text()
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class RelayProcess(ServedProcess):
+    """``relay serve --config F`` as a child process, for signal tests (SIGTERM drain, SIGKILL)."""
+
+    def __init__(self, config: Mapping[str, Any], tmp: Path, env: Mapping[str, str] | None = None) -> None:
+        port, admin_port = free_port(), free_port()
+        cfg = dict(config)
+        cfg["listen"] = f"127.0.0.1:{port}"
+        cfg["admin_listen"] = f"127.0.0.1:{admin_port}"
+        self.config_path = tmp / f"relay-{port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(cfg))
+        argv = [sys.executable, "-m", "relay", "serve", "--config", str(self.config_path)]
+        super().__init__(argv, {**os.environ, **(env or {})}, tmp / f"relay-{port}.log", port, admin_port)
+
+    def start(self, timeout: float = 20.0) -> RelayProcess:
+        super().start(timeout)
+        return self
