@@ -239,7 +239,13 @@ def bench(
         ports = json.loads(port_file.read_text())
         stats = f"http://127.0.0.1:{ports['stats']}"
         direct = run_phase(
-            tmp, f"ws://127.0.0.1:{ports['ws']}/v1/realtime?model=gpt-realtime", "direct", sessions, seconds, warmup, stats
+            tmp,
+            f"ws://127.0.0.1:{ports['ws']}/v1/realtime?model=gpt-realtime",
+            "direct",
+            sessions,
+            seconds,
+            warmup,
+            stats,
         )
 
         port, admin = free_port(), free_port()

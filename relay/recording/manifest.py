@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -115,3 +116,14 @@ def build(
         "incomplete_reason": incomplete_reason,
         "recorded_at": iso(recorded_at),
     }
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 (hex) of a file, read in 1 MiB chunks (the manifest's object entries)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            size += len(chunk)
+            h.update(chunk)
+    return size, h.hexdigest()

@@ -26,7 +26,6 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from relay.metrics import RelayMetrics
@@ -291,7 +290,7 @@ class SessionUpload:
         if e.get("done") is not None:
             return dict(e["done"])
         key = self.loc.key(layout.EVENTS)
-        size, digest = await asyncio.to_thread(_hash_file, self.spool.path / EVENTS)
+        size, digest = await asyncio.to_thread(mf.file_digest, self.spool.path / EVENTS)
         self.spool.events_size = size
         if e["upload_id"] is None and size <= self.ctx.part_size:
             blob = await asyncio.to_thread(self.spool.read_events, 0, size)
@@ -361,13 +360,3 @@ def mf_datetime(value: str | None) -> dt.datetime | None:
     if not value:
         return None
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _hash_file(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            size += len(chunk)
-            h.update(chunk)
-    return size, h.hexdigest()

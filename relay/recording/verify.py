@@ -43,16 +43,6 @@ class Report:
         return not self.problems
 
 
-def _sha256_file(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            size += len(chunk)
-            h.update(chunk)
-    return size, h.hexdigest()
-
-
 def verify_dir(path: Path) -> Report:
     r = Report()
     mpath = path / layout.MANIFEST
@@ -79,7 +69,7 @@ def verify_dir(path: Path) -> Report:
             else:
                 r.problems.append(f"{name}: missing")
             continue
-        size, digest = _sha256_file(p)
+        size, digest = mf.file_digest(p)
         if size != meta.get("size"):
             r.problems.append(f"{name}: {size} bytes, the manifest says {meta.get('size')}")
         if digest != meta.get("sha256"):
