@@ -196,8 +196,9 @@ async def test_two_relay_processes_share_one_redis(tmp_path: Path, sim: SimServe
     # Two replicas: one Redis, and (as in the chart) a spool of their own each.
     cfg_b = {**cfg, "recording": {**cfg["recording"], "spool_dir": str(tmp_path / "spool-b")}}
     a, b = RelayProcess(cfg, tmp_path), RelayProcess(cfg_b, tmp_path)
-    await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
     try:
+        # inside the try: if one replica fails to start, the other is still stopped by its PID
+        await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
         client_a = AsyncOpenAI(api_key=TEST_KEY, websocket_base_url=a.ws_base)
         async with client_a.realtime.connect(model="gpt-realtime") as conn:
             await next_of(conn, "session.created")

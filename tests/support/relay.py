@@ -192,6 +192,8 @@ class ServedProcess:
             if self.http_status("/readyz") == 200:
                 return self
             time.sleep(0.05)
+        self.proc.kill()  # never leave a process behind that the test will not stop
+        self.proc.wait(5)
         raise RuntimeError(f"not ready after {timeout}s:\n{self.logs()}")
 
     def http_status(self, path: str) -> int | None:
