@@ -99,7 +99,7 @@ class SessionGuard(Protocol):
     def close(self, summary: SessionSummary) -> None:
         """Settle and release what the session holds (fills ``summary.usage``)."""
 
-    # Optional: ``drain_audit() -> list[AuditRecord]``; the core calls it after each hook and
+    # Optional: ``drain_audit() -> Sequence[AuditRecord]`` (empty and cheap when nothing is pending); the core calls it after each hook and
     # records what it returns as relay events (budget warnings, refusals).
 
 

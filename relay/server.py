@@ -27,10 +27,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay import __version__
+from relay.actions import Send
+from relay.budget import BudgetService
 from relay.config import RelayConfig, split_hostport
 from relay.contracts import SessionInfo, SessionSummary
 from relay.errors import HandshakeRejected, RecorderError, UpstreamError
-from relay.events import Dialect, error_event
+from relay.events import C2U, error_event
 from relay.handshake import (
     ANSWER_SUBPROTOCOL,
     client_key,
@@ -38,9 +40,12 @@ from relay.handshake import (
     offered_subprotocols,
     requested_model,
 )
+from relay.latency import LatencyTracker
 from relay.logs import session_logger
 from relay.metrics import RelayMetrics
+from relay.policy.store import PolicyStore, PolicyWatcher
 from relay.pump import PumpResult, Pumps
+from relay.recording import Recorder
 from relay.session import Session
 from relay.telemetry import PrometheusEventCounter
 from relay.upstream import UpstreamConnector, UpstreamTarget
@@ -91,9 +96,6 @@ class Relay:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from relay.budget import BudgetService
-        from relay.policy.store import PolicyStore, PolicyWatcher
-
         cfg = self.cfg
         self.store = PolicyStore.load(cfg.policies_dir)
         for tenant in self.store.tenants:
@@ -114,8 +116,6 @@ class Relay:
 
         self.budgets = await BudgetService.create(cfg.budgets, self.metrics)
         if cfg.recording.enabled:
-            from relay.recording import Recorder
-
             self.recorder = await Recorder.create(cfg.recording, self.metrics, relay_version=__version__)
 
         public = web.Application(client_max_size=1024**2)
@@ -324,24 +324,15 @@ class Relay:
         recording = None
         if self.recorder is not None:
             recording = self.recorder.open(info, tenant_policy.section("recording"))
-        observers: list[Any] = []
-        try:
-            from relay.latency import LatencyTracker
-
-            observers.append(
-                LatencyTracker(
-                    metrics.first_audio_seconds.labels(info.tenant),
-                    metrics.tool_call_seconds.labels(info.tenant),
-                )
-            )
-        except ImportError:  # pragma: no cover - latency tracking ships with the relay
-            pass
+        latency = LatencyTracker(
+            metrics.first_audio_seconds.labels(info.tenant), metrics.tool_call_seconds.labels(info.tenant)
+        )
         session = Session(
             info,
             policy=policy,
             guard=guard,
             recording=recording,
-            observers=observers,
+            observers=(latency,),
             counter=PrometheusEventCounter(metrics, info.tenant, self._counter_cache),
             max_frame_bytes=self.cfg.limits.max_frame_bytes,
         )
@@ -371,9 +362,6 @@ class Relay:
         )
         result: PumpResult | None = None
         try:
-            from relay.actions import Send
-            from relay.events import C2U
-
             initial = [Send(C2U, orjson.dumps(p).decode()) for p in policy.initial_actions()]
             result = await pumps.run(initial)
         finally:
@@ -475,4 +463,4 @@ def _redact_url(url: str) -> str:
     return url.split("?", 1)[0]
 
 
-__all__ = ["Relay", "error_response", "Dialect"]
+__all__ = ["Relay", "error_response"]

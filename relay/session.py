@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from relay.actions import Action, Call, Close, Send
+from relay.actions import Action, Close, Send
 from relay.contracts import RecordingSink, SessionGuard, SessionInfo, SessionPolicy
 from relay.events import (
     C2U,
@@ -211,7 +211,9 @@ class Session:
 
     def _flush_audit(self, now_ns: int) -> None:
         if self._drain_guard_audit is not None:
-            self._audit.extend(self._drain_guard_audit())
+            pending = self._drain_guard_audit()
+            if pending:
+                self._audit.extend(pending)
         if not self._audit:
             return
         if self.recording is not None:
@@ -240,4 +242,4 @@ def _dumps(payload: dict[str, Any]) -> str:
     return orjson.dumps(payload).decode()
 
 
-__all__ = ["Session", "EventObserver", "EventCounter", "Call"]
+__all__ = ["Session", "EventObserver", "EventCounter"]

@@ -119,9 +119,9 @@ class Enforcer:
         ran_out = self.exhausted or E.exhausted(self.limits, self.tally.window_view(), session)
         return NOTHING if ran_out is None else self.exhaust(ran_out, in_flight)
 
-    def drain_audit(self) -> list[AuditRecord]:
+    def drain_audit(self) -> Sequence[AuditRecord]:
         if not self.audit:
-            return []
+            return ()  # the common case, on every event: no allocation
         out, self.audit = self.audit, []
         return out
 

@@ -165,7 +165,7 @@ class BudgetGuard:
         """This session's usage so far (written to the ledger or not)."""
         return self.tally.session
 
-    def drain_audit(self) -> list[AuditRecord]:
+    def drain_audit(self) -> Sequence[AuditRecord]:
         return self.enforcer.drain_audit()
 
     # -- client events -----------------------------------------------------------------------

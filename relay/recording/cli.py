@@ -17,6 +17,7 @@ import datetime as dt
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,7 +25,7 @@ from relay import __version__
 from relay.config import load_config
 from relay.errors import ConfigError
 from relay.recording import audit
-from relay.recording.store import StoreError
+from relay.recording.store import ObjectStore, StoreError
 from relay.recording.verify import Report, verify_dir
 
 
@@ -123,78 +124,81 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.session and not (args.tenant and args.since and args.until):
         print("relay export: --since and --until need --tenant", file=sys.stderr)
         return 2
+    return _on_sink("export", args, _export)
+
+
+def _on_sink(
+    command: str,
+    args: argparse.Namespace,
+    body: Callable[[argparse.Namespace, ObjectStore, str], Awaitable[int]],
+    *,
+    store_hint: str = "",
+) -> int:
+    """Run ``body`` with the configured sink's store open; map failures to exit codes
+    (2: configuration or arguments, 3: the sink failed)."""
+
+    async def run(cfg: Any) -> int:
+        store, prefix = await audit.open_store(cfg)
+        try:
+            return await body(args, store, prefix)
+        finally:
+            await store.aclose()
+
     try:
-        cfg = _config(args)
-        return asyncio.run(_export(args, cfg))
+        return asyncio.run(run(_config(args)))
     except ConfigError as exc:
-        print(f"relay export: configuration error: {exc}", file=sys.stderr)
+        print(f"relay {command}: configuration error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:
-        print(f"relay export: {exc}", file=sys.stderr)
+        print(f"relay {command}: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:
-        print(f"relay export: the recording sink failed: {exc}", file=sys.stderr)
+        print(f"relay {command}: the recording sink failed: {exc}{store_hint}", file=sys.stderr)
         return 3
 
 
-async def _export(args: argparse.Namespace, cfg: Any) -> int:
-    store, prefix = await audit.open_store(cfg)
+async def _export(args: argparse.Namespace, store: ObjectStore, prefix: str) -> int:
     out = Path(args.out)
-    try:
-        if args.session:
-            loc = await audit.find_session(store, prefix, args.session, tenant=args.tenant, date=args.date)
-            if loc is None:
-                print(f"relay export: session {args.session} not found in the sink", file=sys.stderr)
-                return 2
-            locs = [loc]
-        else:
-            since, until = _when(args.since, end=False), _when(args.until, end=True)
-            locs = await audit.sessions_between(store, prefix, args.tenant, since, until)
-        progress = Progress(len(locs))
-        for loc in locs:
-            target = out if args.session else out / loc.session_id
-            await audit.export_session(store, loc, target, progress.add_bytes)
-            progress.step(loc.session_id)
-            print(target)
-        progress.finish()
-        if not locs:
-            print("relay export: no recordings in that period", file=sys.stderr)
-        return 0
-    finally:
-        await store.aclose()
+    if args.session:
+        loc = await audit.find_session(store, prefix, args.session, tenant=args.tenant, date=args.date)
+        if loc is None:
+            print(f"relay export: session {args.session} not found in the sink", file=sys.stderr)
+            return 2
+        locs = [loc]
+    else:
+        since, until = _when(args.since, end=False), _when(args.until, end=True)
+        locs = await audit.sessions_between(store, prefix, args.tenant, since, until)
+    progress = Progress(len(locs))
+    for loc in locs:
+        target = out if args.session else out / loc.session_id
+        await audit.export_session(store, loc, target, progress.add_bytes)
+        progress.step(loc.session_id)
+        print(target)
+    progress.finish()
+    if not locs:
+        print("relay export: no recordings in that period", file=sys.stderr)
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     target = Path(args.target)
     if target.is_dir():
         return _print_report(str(target), verify_dir(target))
-    try:
-        cfg = _config(args)
-        return asyncio.run(_verify_session(args, cfg))
-    except ConfigError as exc:
-        print(f"relay verify: configuration error: {exc}", file=sys.stderr)
+    return _on_sink("verify", args, _verify_session)
+
+
+async def _verify_session(args: argparse.Namespace, store: ObjectStore, prefix: str) -> int:
+    loc = await audit.find_session(store, prefix, args.target, tenant=args.tenant, date=args.date)
+    if loc is None:
+        print(
+            f"relay verify: {args.target} is neither a directory nor a session in the sink",
+            file=sys.stderr,
+        )
         return 2
-    except StoreError as exc:
-        print(f"relay verify: the recording sink failed: {exc}", file=sys.stderr)
-        return 3
-
-
-async def _verify_session(args: argparse.Namespace, cfg: Any) -> int:
-    store, prefix = await audit.open_store(cfg)
-    try:
-        loc = await audit.find_session(store, prefix, args.target, tenant=args.tenant, date=args.date)
-        if loc is None:
-            print(
-                f"relay verify: {args.target} is neither a directory nor a session in the sink",
-                file=sys.stderr,
-            )
-            return 2
-        with tempfile.TemporaryDirectory(prefix="relay-verify-") as tmp:
-            await audit.fetch(store, loc, Path(tmp))
-            report = await asyncio.to_thread(verify_dir, Path(tmp))
-        return _print_report(loc.folder, report)
-    finally:
-        await store.aclose()
+    with tempfile.TemporaryDirectory(prefix="relay-verify-") as tmp:
+        await audit.fetch(store, loc, Path(tmp))
+        report = await asyncio.to_thread(verify_dir, Path(tmp))
+    return _print_report(loc.folder, report)
 
 
 def _print_report(what: str, report: Report) -> int:
@@ -213,41 +217,26 @@ def _print_report(what: str, report: Report) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    try:
-        cfg = _config(args)
-        return asyncio.run(_erase(args, cfg))
-    except ConfigError as exc:
-        print(f"relay erase: configuration error: {exc}", file=sys.stderr)
+    return _on_sink("erase", args, _erase, store_hint=" (the audit record says pending; retry)")
+
+
+async def _erase(args: argparse.Namespace, store: ObjectStore, prefix: str) -> int:
+    loc = await audit.find_session(store, prefix, args.session, tenant=args.tenant, date=args.date)
+    if loc is None:
+        print(f"relay erase: session {args.session} not found in the sink", file=sys.stderr)
         return 2
-    except StoreError as exc:
-        print(
-            f"relay erase: the recording sink failed: {exc} (the audit record says pending; retry)",
-            file=sys.stderr,
-        )
-        return 3
-
-
-async def _erase(args: argparse.Namespace, cfg: Any) -> int:
-    store, prefix = await audit.open_store(cfg)
     try:
-        loc = await audit.find_session(store, prefix, args.session, tenant=args.tenant, date=args.date)
-        if loc is None:
-            print(f"relay erase: session {args.session} not found in the sink", file=sys.stderr)
-            return 2
-        try:
-            record = await audit.erase(
-                store,
-                loc,
-                reason=args.reason,
-                requested_by=args.requested_by,
-                bypass_governance=args.bypass_governance,
-                relay_version=__version__,
-            )
-        except audit.EraseRefused as exc:
-            print(f"relay erase: refused: {exc}", file=sys.stderr)
-            return 1
-        print(f"erased {len(record['deleted'])} object version(s) of {loc.folder}")
-        print(f"audit record: {loc.erasure_key}")
-        return 0
-    finally:
-        await store.aclose()
+        record = await audit.erase(
+            store,
+            loc,
+            reason=args.reason,
+            requested_by=args.requested_by,
+            bypass_governance=args.bypass_governance,
+            relay_version=__version__,
+        )
+    except audit.EraseRefused as exc:
+        print(f"relay erase: refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"erased {len(record['deleted'])} object version(s) of {loc.folder}")
+    print(f"audit record: {loc.erasure_key}")
+    return 0
