@@ -48,7 +48,7 @@ from relay.pump import PumpResult, Pumps
 from relay.recording import Recorder
 from relay.session import Session
 from relay.telemetry import PrometheusEventCounter
-from relay.upstream import UpstreamConnector, UpstreamTarget
+from relay.upstream import UpstreamConnector, UpstreamLink, UpstreamTarget
 
 log = logging.getLogger("relay")
 
@@ -310,13 +310,19 @@ class Relay:
         try:
             await client.prepare(request)
         except Exception:
-            await upstream.close()
+            upstream.abort()
             guard.close(_empty_summary(info, "client_upgrade_failed"))
             raise
-        return await self._run_session(info, tenant_policy, guard, client, upstream)
+        return await self._run_session(info, tenant_policy, guard, request, client, upstream)
 
     async def _run_session(
-        self, info: SessionInfo, tenant_policy: Any, guard: Any, client: web.WebSocketResponse, upstream: Any
+        self,
+        info: SessionInfo,
+        tenant_policy: Any,
+        guard: Any,
+        request: web.Request,
+        client: web.WebSocketResponse,
+        upstream: UpstreamLink,
     ) -> web.WebSocketResponse:
         metrics = self.metrics
         slog = session_logger(info.session_id, info.tenant)
@@ -336,7 +342,9 @@ class Relay:
             counter=PrometheusEventCounter(metrics, info.tenant, self._counter_cache),
             max_frame_bytes=self.cfg.limits.max_frame_bytes,
         )
-        pumps = Pumps(session, client, upstream)
+        transport = request.transport
+        assert isinstance(transport, asyncio.Transport)
+        pumps = Pumps(session, transport, upstream, client_max_size=self.cfg.limits.max_frame_bytes * 2)
         self.live[info.session_id] = pumps
         self._idle.clear()
         metrics.sessions_active.labels(info.tenant).inc()

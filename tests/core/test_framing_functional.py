@@ -1,0 +1,83 @@
+"""The relay's own WebSocket framing over real sockets, driven by an independent client (websockets).
+
+Fragmented messages are reassembled and forwarded as one frame, pings are answered, and protocol
+violations close the client with the matching code while the upstream gets a normal close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+import websockets
+from websockets.frames import Frame, Opcode
+
+from relay.sim import SimServer
+from tests.support.relay import RunningRelay
+
+
+async def connect(relay: RunningRelay) -> websockets.ClientConnection:
+    ws = await websockets.connect(
+        f"{relay.url}?model=gpt-realtime",
+        additional_headers={"Authorization": f"Bearer {relay.key}"},
+        compression=None,
+        max_size=None,
+    )
+    first = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert first["type"] == "session.created"
+    return ws
+
+
+async def test_a_fragmented_message_is_forwarded_whole(relay: RunningRelay, sim: SimServer) -> None:
+    text = orjson.dumps({"type": "x.relay.fragmented", "event_id": "e1", "pad": "é" * 3000}).decode()
+    ws = await connect(relay)
+    try:
+        # three fragments, the second cutting a two-byte character in half
+        data = text.encode()
+        await ws.send([data[:10], data[10:3001], data[3001:]], text=True)
+        reply = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert reply["type"] == "error"  # the simulator's answer to an unknown type: it got the event
+    finally:
+        await ws.close()
+    assert sim.connections[-1].received_frames == [text]
+
+
+async def test_pings_are_answered_and_big_frames_pass(relay: RunningRelay, sim: SimServer) -> None:
+    ws = await connect(relay)
+    try:
+        latency = await asyncio.wait_for(await ws.ping(b"are you there"), 5)
+        assert latency >= 0
+        silence = "A" * 400_000  # > 64 KiB: the 64-bit length form, several reads
+        frame = orjson.dumps({"type": "input_audio_buffer.append", "audio": silence}).decode()
+        await ws.send(frame)
+        await ws.send('{"type":"x.relay.marker"}')
+        assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "error"
+    finally:
+        await ws.close()
+    assert sim.connections[-1].received_frames[-2:] == [frame, '{"type":"x.relay.marker"}']
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (Frame(Opcode.TEXT, b"\xff\xfe not utf-8"), 1007),
+        (Frame(Opcode.CONT, b"no message to continue"), 1002),
+        (Frame(Opcode.TEXT, b'{"type":"x"}', rsv1=True), 1002),
+    ],
+)
+async def test_protocol_violations_close_the_client_with_the_code(
+    relay: RunningRelay, sim: SimServer, frame: Frame, code: int
+) -> None:
+    ws = await connect(relay)
+    # bypass the library's own checks: write the raw bytes of the bad frame
+    header = bytearray(Frame(frame.opcode, frame.data, fin=frame.fin).serialize(mask=True))
+    if frame.rsv1:
+        header[0] |= 0x40
+    ws.transport.write(bytes(header))
+    with pytest.raises(websockets.ConnectionClosedError):
+        await asyncio.wait_for(ws.recv(), 10)
+    assert ws.close_code == code
+    conn = sim.connections[-1]
+    await asyncio.wait_for(conn.closed.wait(), 5)
+    assert conn.close_code == 1000
