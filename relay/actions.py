@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from relay.events import Direction, Event
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Send:
     """Send ``text`` in direction ``to`` (C2U: to the upstream, U2C: to the client).
 
     ``event`` is what gets recorded and metered once sent (None: a frame not to record).
+    Not frozen: one is made per relayed event, and a frozen dataclass costs twice as much to build.
     """
 
     to: Direction

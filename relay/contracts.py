@@ -99,8 +99,8 @@ class SessionGuard(Protocol):
     def close(self, summary: SessionSummary) -> None:
         """Settle and release what the session holds (fills ``summary.usage``)."""
 
-    # Optional: ``drain_audit() -> Sequence[AuditRecord]`` (empty and cheap when nothing is pending); the core calls it after each hook and
-    # records what it returns as relay events (budget warnings, refusals).
+    # Optional: ``pending_audit: list[AuditRecord]``, one list for the guard's life that it appends
+    # to (budget warnings, refusals); after each hook the core records and clears what it holds.
 
 
 class RecordingSink(Protocol):

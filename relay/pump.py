@@ -5,7 +5,7 @@ Rules of this module:
   and relay in the transports' own callbacks: a read is parsed (``relay.wire``), each message
   goes to the sans-I/O ``Session``, and the returned actions are carried out in order, all in
   the same call. No task wakes up per frame; frames produced by one read for one peer leave in
-  one write.
+  one write; every read lands in one process-wide receive buffer (no allocation per read).
 - Backpressure is TCP's: when a peer's write buffer passes its high-water mark, the side whose
   frames fill it stops being read until it drains. Nothing here queues frames without bound: a
   read is at most one socket buffer, and what it produces is all that can be in flight.
@@ -73,7 +73,13 @@ class _End(Exception):
         self.result = result
 
 
-class _Peer(asyncio.Protocol):
+_RECEIVE = memoryview(bytearray(256 * 1024))
+"""The process's one receive buffer. Every read is parsed to the end before the loop reads again
+(frames are copied out, an incomplete one is kept by its reader), so all connections share it:
+a plain ``Protocol`` would allocate a fresh 256 KiB ``bytes`` per read instead."""
+
+
+class _Peer(asyncio.BufferedProtocol):
     """One side's connection while the session runs: hands every callback to the pumps."""
 
     def __init__(
@@ -99,8 +105,11 @@ class _Peer(asyncio.Protocol):
         self.close_received = False
         self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def data_received(self, data: bytes) -> None:
-        self.pumps._received(self, data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _RECEIVE
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.pumps._received(self, _RECEIVE[:nbytes])
 
     def eof_received(self) -> bool | None:
         return None
@@ -211,7 +220,7 @@ class Pumps:
 
     # -- transport callbacks -----------------------------------------------------------------
 
-    def _received(self, peer: _Peer, data: bytes) -> None:
+    def _received(self, peer: _Peer, data: bytes | memoryview) -> None:
         if self._done.done():
             self._closing_read(peer, data)
             return
@@ -421,7 +430,7 @@ class Pumps:
         if not self._done.done():
             self._done.set_exception(exc)
 
-    def _closing_read(self, peer: _Peer, data: bytes) -> None:
+    def _closing_read(self, peer: _Peer, data: bytes | memoryview) -> None:
         """After the session ended, a peer's frames matter only for its closing handshake."""
         try:
             messages = peer.reader.feed(data)

@@ -71,7 +71,7 @@ class Session:
         self.frame_errors = 0
         self.recording_failed = False
         self._audit: list[AuditRecord] = []
-        self._drain_guard_audit = getattr(guard, "drain_audit", None)
+        self._guard_audit: list[AuditRecord] | None = getattr(guard, "pending_audit", None)
 
     # -- frames in ----------------------------------------------------------------------------
 
@@ -140,7 +140,8 @@ class Session:
         guard = self.guard
         if guard is not None:
             follow = guard.after_forward(event, now_ns)
-            self._flush_audit(event.recv_ns)
+            if self._guard_audit:
+                self._flush_audit(event.recv_ns)
             return follow
         return ()
 
@@ -176,7 +177,7 @@ class Session:
         guard = self.guard
         if guard is not None:
             held = guard.before_forward(event)
-            if self._drain_guard_audit is not None:
+            if self._guard_audit:
                 self._flush_audit(event.recv_ns)
             if held is not None:
                 return list(held)
@@ -210,10 +211,10 @@ class Session:
         return [self._synth(U2C, error_event(code, message, event_id=event_id))]
 
     def _flush_audit(self, now_ns: int) -> None:
-        if self._drain_guard_audit is not None:
-            pending = self._drain_guard_audit()
-            if pending:
-                self._audit.extend(pending)
+        pending = self._guard_audit
+        if pending:
+            self._audit.extend(pending)
+            pending.clear()
         if not self._audit:
             return
         if self.recording is not None:

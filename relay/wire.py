@@ -12,18 +12,24 @@ Rules of this module:
   big). Sizes are checked on the declared length, before anything is buffered, so a peer cannot
   make the relay hold more than ``max_size`` bytes of one message.
 - The hot path is one complete unfragmented frame per read: it is parsed straight out of the
-  received bytes, with one C call to unmask it.
+  receive buffer (a view the caller reuses), with one C call to unmask it; only payloads and an
+  incomplete frame's bytes are copied out.
 """
 
 from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable
+from typing import cast
 
 try:
-    from websockets.speedups import apply_mask
+    from websockets.speedups import apply_mask as _apply_mask
 except ImportError:  # pragma: no cover - websockets ships the C extension on every supported platform
-    from websockets.utils import apply_mask
+    from websockets.utils import apply_mask as _apply_mask
+
+apply_mask = cast(Callable[[bytes | memoryview, bytes | memoryview], bytes], _apply_mask)
+"""XOR with the 4-byte key, in C; takes any buffer (its stub says ``bytes``)."""
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -98,7 +104,7 @@ class FrameReader:
         self.masked = masked
         """Frames must be masked (a client's) or must not be (a server's)."""
         self.max_size = max_size
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | memoryview] = []
         """Received bytes of an incomplete frame; joined only once the whole frame is there."""
         self._pending_size = 0
         self._need = 0
@@ -106,12 +112,15 @@ class FrameReader:
         self._fragment_opcode = 0
         self._fragment_size = 0
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, data: bytes | memoryview) -> list[tuple[int, bytes]]:
+        """Parse ``data``; it may be a view of a buffer that is reused once this returns."""
+        buf: bytes | memoryview
         if self._pending:
-            self._pending.append(data)
             self._pending_size += len(data)
             if self._pending_size < self._need:
+                self._pending.append(bytes(data))
                 return []
+            self._pending.append(data)
             buf = b"".join(self._pending)
             self._pending = []
             self._pending_size = 0
@@ -158,14 +167,14 @@ class FrameReader:
             if want_mask:
                 payload = apply_mask(buf[head + 4 : stop], buf[head : head + 4])
             else:
-                payload = buf[head:stop]
+                payload = bytes(buf[head:stop])
             pos = stop
             if b0 & 0x80 and (opcode == OP_TEXT or opcode == OP_BINARY) and not self._fragments:
                 out.append((opcode, payload))
             else:
                 self._frame(b0 & 0x80, opcode, payload, out)
         if pos < end:
-            rest = buf[pos:]
+            rest = bytes(buf[pos:])
             self._pending = [rest]
             self._pending_size = len(rest)
             self._need = need

@@ -122,7 +122,8 @@ class Enforcer:
     def drain_audit(self) -> Sequence[AuditRecord]:
         if not self.audit:
             return ()  # the common case, on every event: no allocation
-        out, self.audit = self.audit, []
+        out = list(self.audit)
+        self.audit.clear()  # the same list object: the session core holds it as ``pending_audit``
         return out
 
     def _end(self, lim: Limit) -> Sequence[Action]:

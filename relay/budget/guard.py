@@ -12,7 +12,8 @@ Rules of this module:
   is written to the ledger on settle and every ``flush_seconds`` by the session's ticker.
 - The ticker is a background ``Call`` started by the first ``after_forward``: it sleeps
   ``tick_seconds`` at a time and ends the session on idle timeout (1000) or maximum length (1008).
-- Audit records (kind ``budget``: warn, exhausted, reject) wait in ``drain_audit()`` for the core.
+- Audit records (kind ``budget``: warn, exhausted, reject) wait in ``pending_audit`` for the core
+  (``drain_audit()`` takes them in tests and tools).
 - Per-event cost: an audio event is one dict lookup and a few integer additions (output deltas
   are measured in the wire text, not parsed).
 """
@@ -79,6 +80,8 @@ class BudgetGuard:
         full check runs when it reaches zero (or after the ledger reported new totals)."""
         self.tally = Tally(admission.view, admission.window_ids)
         self.enforcer = Enforcer(spec, self.tally, self.report, service.wall)
+        self.pending_audit = self.enforcer.audit
+        """The enforcer's audit records (``SessionGuard.pending_audit``): the core drains them."""
         self._creates: deque[tuple[str, str | None]] = deque()
         """Reservations for client response.create not yet matched to a response.created."""
         self._responses: dict[str, _Response] = {}
@@ -127,17 +130,16 @@ class BudgetGuard:
         return None
 
     def after_forward(self, event: Event, sent_ns: int) -> Sequence[Action]:
-        actions: list[Action] = []
         if not self._ticker:
             self._ticker = True
-            actions.append(Call(self._tick, hold=False))
+            return [Call(self._tick, hold=False), *self.after_forward(event, sent_ns)]
         if event.direction is U2C:
             t = event.type
             if t == "response.done":
-                actions.extend(self._on_response_done(event))
-            elif t == "conversation.item.input_audio_transcription.completed":
+                return self._on_response_done(event)
+            if t == "conversation.item.input_audio_transcription.completed":
                 self._on_transcription(event)
-        return actions or NOTHING
+        return NOTHING
 
     def close(self, summary: SessionSummary) -> None:
         if self._closed:

@@ -17,6 +17,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
+from relay.loopmetrics import LoopMetric
 from relay.metrics import RelayMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +89,7 @@ def metric_families() -> dict[str, str]:
     m = RelayMetrics(CollectorRegistry())
     out: dict[str, str] = {}
     for collector in vars(m).values():
-        if isinstance(collector, MetricWrapperBase):
+        if isinstance(collector, MetricWrapperBase | LoopMetric):
             name = collector._name  # noqa: SLF001
             kind = collector._type  # noqa: SLF001
             out[name + "_total" if kind == "counter" and not name.endswith("_total") else name] = kind

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from relay import __version__
+from relay.loopmetrics import LoopMetric
 from relay.metrics import AUDIO_DIRECTIONS, RelayMetrics
 from tests.observability.artefacts import METRICS_DOC, metric_families, series_names
 from tests.support.prometheus import promtool
@@ -17,7 +18,7 @@ from tests.support.prometheus import promtool
 def touch_everything(m: RelayMetrics) -> None:
     """Give every metric a sample, with plausible label values."""
     for collector in vars(m).values():
-        if not isinstance(collector, MetricWrapperBase):
+        if not isinstance(collector, MetricWrapperBase | LoopMetric):
             continue
         names = collector._labelnames  # noqa: SLF001
         child = collector.labels(*[f"sample_{n}" for n in names]) if names else collector
