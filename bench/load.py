@@ -9,6 +9,11 @@ upstream to CPU 1). For each N it runs the clients directly against the upstream
 the relay, in the same run, and reports per direction the one-way latency p50/p99 of both and
 their difference (what the relay adds), the relay's CPU (fraction of one core) and its RSS per
 session. Results print as JSON lines and as a Markdown table for docs/benchmarks.md.
+
+Each phase also reports the load generator's own CPU (``clients_cpu_core_fraction`` and
+``upstream_cpu_core_fraction``, both on CPU 1): when their sum nears 1.0 the generator, not the
+relay, is what the latencies measure. ``failed`` counts connect/handshake/protocol failures and
+``skipped`` the frames a peer did not send because the other side stopped reading.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import yaml
 from aiohttp import web
 
@@ -44,7 +48,7 @@ def percentiles(samples: list[int] | Any) -> dict[str, float]:
         return {"count": 0, "p50_ms": float("nan"), "p99_ms": float("nan")}
 
     def pick(q: float) -> float:
-        return data[min(len(data) - 1, int(q * len(data)))] / 1000.0
+        return float(data[min(len(data) - 1, int(q * len(data)))]) / 1000.0
 
     return {"count": len(data), "p50_ms": pick(0.50), "p99_ms": pick(0.99)}
 
@@ -62,9 +66,19 @@ async def upstream_main(port_file: Path) -> None:
         if action == "start":
             up.received.samples = type(up.received.samples)("q")
             up.received.recording = True
+            up.errors.clear()
+            up.skipped = 0
             return web.json_response({})
         up.received.recording = False
-        return web.json_response(percentiles(up.received.samples))
+        errors = up.errors
+        return web.json_response(
+            {
+                **percentiles(up.received.samples),
+                "errors": errors[:5],
+                "failed": len(errors),
+                "skipped": up.skipped,
+            }
+        )
 
     stats_app.router.add_get("/window", window)
     runner = web.AppRunner(stats_app, access_log=None)
@@ -79,17 +93,22 @@ async def upstream_main(port_file: Path) -> None:
 async def clients_main(url: str, key: str, sessions: int, seconds: float, warmup: float, out: Path) -> None:
     latencies = Latencies()
     clients = BenchClients(url, key, latencies)
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as http:
-        start_at = time.monotonic() + 1.0 + sessions * 0.004
-        runner = asyncio.create_task(clients.run(http, sessions, seconds + warmup, start_at))
-        await asyncio.sleep(max(0.0, start_at - time.monotonic()) + warmup)
-        latencies.recording = True
-        await runner
-        latencies.recording = False
+    start_at = time.monotonic() + 1.0 + sessions * 0.004
+    runner = asyncio.create_task(clients.run(sessions, seconds + warmup, start_at))
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()) + warmup)
+    latencies.recording = True
+    await runner
+    latencies.recording = False
     errors = clients.errors
     out.write_text(
-        json.dumps({**percentiles(latencies.samples), "errors": errors[:5], "failed": len(errors)})
+        json.dumps(
+            {
+                **percentiles(latencies.samples),
+                "errors": errors[:5],
+                "failed": len(errors),
+                "skipped": clients.skipped,
+            }
+        )
     )
 
 
@@ -171,21 +190,34 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
 
 
 def run_phase(
-    tmp: Path, url: str, key: str, sessions: int, seconds: float, warmup: float, stats_url: str
+    tmp: Path,
+    url: str,
+    key: str,
+    sessions: int,
+    seconds: float,
+    warmup: float,
+    stats_url: str,
+    upstream_pid: int | None = None,
 ) -> dict[str, Any]:
+    """One phase of the clients; ``upstream_pid`` adds the upstream's CPU over the same window."""
     out = tmp / f"clients-{time.monotonic_ns()}.json"
     cmd = [sys.executable, "-m", "bench.load", "clients", "--url", url, "--key", key, "--sessions", str(sessions),
            "--seconds", str(seconds), "--warmup", str(warmup), "--out", str(out)]  # fmt: skip
     clients = subprocess.Popen(pinned(cmd, 1), cwd=ROOT)
     time.sleep(1.0 + sessions * 0.004 + warmup)
     http_json(stats_url + "/window?action=start")
+    u0 = proc_cpu_seconds(upstream_pid) if upstream_pid else 0.0
     c0, t0 = proc_cpu_seconds(clients.pid), time.monotonic()
     time.sleep(seconds * 0.8)
     c1, t1 = proc_cpu_seconds(clients.pid), time.monotonic()
+    u1 = proc_cpu_seconds(upstream_pid) if upstream_pid else 0.0
     clients.wait(timeout=seconds + warmup + 120)
     up = http_json(stats_url + "/window?action=stop")
     down = json.loads(out.read_text())
-    return {"c2u": up, "u2c": down, "clients_cpu_core_fraction": round((c1 - c0) / (t1 - t0), 3)}
+    phase = {"c2u": up, "u2c": down, "clients_cpu_core_fraction": round((c1 - c0) / (t1 - t0), 3)}
+    if upstream_pid:
+        phase["upstream_cpu_core_fraction"] = round((u1 - u0) / (t1 - t0), 3)
+    return phase
 
 
 def measure_process(
@@ -198,6 +230,7 @@ def measure_process(
     seconds: float,
     warmup: float,
     stats: str,
+    upstream_pid: int | None = None,
 ) -> dict[str, Any]:
     """Start a relaying process on CPU 0, run the clients through it, and measure its cost."""
     log = (tmp / f"proc-{time.monotonic_ns()}.log").open("wb")
@@ -206,7 +239,7 @@ def measure_process(
         wait_ready(ready_url, proc)
         rss_idle = proc_rss_kb(proc.pid)
         cpu0, t0 = proc_cpu_seconds(proc.pid), time.monotonic()
-        phase = run_phase(tmp, url, key, sessions, seconds, warmup, stats)
+        phase = run_phase(tmp, url, key, sessions, seconds, warmup, stats, upstream_pid)
         cpu1, t1 = proc_cpu_seconds(proc.pid), time.monotonic()
         rss_peak = proc_rss_kb(proc.pid)
     finally:
@@ -246,6 +279,7 @@ def bench(
             seconds,
             warmup,
             stats,
+            procs[0].pid,
         )
 
         port, admin = free_port(), free_port()
@@ -260,6 +294,7 @@ def bench(
             seconds,
             warmup,
             stats,
+            procs[0].pid,
         )
         result: dict[str, Any] = {
             "sessions": sessions,
@@ -292,6 +327,7 @@ def bench(
                 seconds,
                 warmup,
                 stats,
+                procs[0].pid,
             )
             result["forwarder"] = forwarded
             for d in ("c2u", "u2c"):
