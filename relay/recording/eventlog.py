@@ -16,6 +16,10 @@ Line format (one JSON object per line, keys in this order, no spaces)::
   with ``offset``/``duration`` in sample frames of ``audio.wav`` and ``H`` the SHA-256 of the
   decoded bytes as they arrived. Audio inside conversation items (not on the timeline) becomes
   ``{"omitted":true,"bytes":B,"sha256":H}``.
+- Hot path: a line is built by one bytes formatting from pieces that already exist (the cached
+  ``member_prefix`` of its direction and type, the wire text around an audio value), never by
+  re-serialising the event; ``audio_line`` gives byte for byte what ``line`` gives for
+  ``pre + audio_ref(...) + post`` (tested).
 """
 
 from __future__ import annotations
@@ -65,33 +69,80 @@ class EventLog:
 
     def line(self, t_us: int, direction: str, event_type: str, event_json: bytes) -> bytes:
         """One complete line (with ``\\n``); ``event_json`` must be a single-line JSON value."""
-        body = b'{"seq":%d,"t_us":%d,"dir":"%s","type":%s,"event":%s' % (
-            self.seq,
-            t_us,
-            direction.encode(),
-            _type_json(event_type),
-            event_json,
+        return self.line_after(t_us, member_prefix(direction, event_type), event_json)
+
+    def line_after(self, t_us: int, prefix: bytes, event_json: bytes) -> bytes:
+        """``line`` with ``prefix = member_prefix(direction, event_type)`` already at hand."""
+        body = b'{"seq":%d,"t_us":%d%b%b' % (self.seq, t_us, prefix, event_json)
+        return self._seal(body)
+
+    def audio_line(
+        self,
+        t_us: int,
+        prefix: bytes,
+        pre: bytes,
+        track: bytes,
+        offset: int,
+        duration: int,
+        data: bytes,
+        post: bytes,
+        converted_from: str = "",
+    ) -> bytes:
+        """The line of an event whose audio value became a reference, without re-serialising it.
+
+        ``pre`` and ``post`` are the event's wire text before and after the audio string (its
+        quotes excluded); the result equals ``line_after(t_us, prefix, pre + audio_ref(...) +
+        post)``.
+        """
+        seq = self.seq
+        body = (
+            b'{"seq":%d,"t_us":%d%b%b{"track":"%b","offset":%d,"duration":%d,"bytes":%d,"sha256":"%b"%b}%b'
+            % (
+                seq,
+                t_us,
+                prefix,
+                pre,
+                track,
+                offset,
+                duration,
+                len(data),
+                _hexlify(_sha256(data).digest()),
+                b',"converted":true,"format":"%b"' % converted_from.encode() if converted_from else b"",
+                post,
+            )
         )
-        h = hashlib.sha256(self.head + body + b"}").digest()
+        h = _sha256(self.head + body + b"}").digest()  # _seal, inlined: this is the hot path
+        self.head = h
+        self.seq = seq + 1
+        return b'%b,"hash":"%b"}\n' % (body, _hexlify(h))
+
+    def _seal(self, body: bytes) -> bytes:
+        h = _sha256(self.head + body + b"}").digest()
         self.head = h
         self.seq += 1
-        return body + b',"hash":"' + h.hex().encode() + b'"}\n'
+        return b'%b,"hash":"%b"}\n' % (body, _hexlify(h))
 
     def relay_line(self, t_us: int, kind: str, body: dict[str, Any]) -> bytes:
         return self.line(t_us, RELAY_DIR, kind, orjson.dumps(body, default=str))
 
 
-_TYPES: dict[str, bytes] = {}
+_sha256 = hashlib.sha256
+_hexlify = binascii.hexlify
+_PREFIXES: dict[str, dict[str, bytes]] = {}
 
 
-def _type_json(event_type: str) -> bytes:
-    """The JSON string of an event type, cached for the known, bounded set of types."""
-    j = _TYPES.get(event_type)
-    if j is None:
-        j = orjson.dumps(event_type)
-        if len(_TYPES) < 512:
-            _TYPES[event_type] = j
-    return j
+def member_prefix(direction: str, event_type: str) -> bytes:
+    """``,"dir":"<direction>","type":<type>,"event":`` — what a line holds between ``t_us`` and
+    the event; cached for the known, bounded set of directions and types."""
+    by_type = _PREFIXES.get(direction)
+    if by_type is None:
+        by_type = _PREFIXES.setdefault(direction, {}) if len(_PREFIXES) < 8 else {}
+    p = by_type.get(event_type)
+    if p is None:
+        p = b',"dir":%b,"type":%b,"event":' % (orjson.dumps(direction), orjson.dumps(event_type))
+        if len(by_type) < 512:
+            by_type[event_type] = p
+    return p
 
 
 def decode_b64(value: str) -> bytes | None:
@@ -108,7 +159,7 @@ def audio_ref(track: str, offset: int, duration: int, data: bytes, *, converted_
         offset,
         duration,
         len(data),
-        hashlib.sha256(data).hexdigest().encode(),
+        _hexlify(_sha256(data).digest()),
     )
     if converted_from:
         ref += b',"converted":true,"format":"%s"' % converted_from.encode()

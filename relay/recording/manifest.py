@@ -119,11 +119,17 @@ def build(
 
 
 def file_digest(path: Path) -> tuple[int, str]:
-    """Size and SHA-256 (hex) of a file, read in 1 MiB chunks (the manifest's object entries)."""
+    """Size and SHA-256 (hex) of a file, read in 1 MiB chunks (the manifest's object entries).
+
+    Blocking; the chunks go through one buffer (no fresh memory per chunk), and the hashing
+    releases the GIL, so callers run it in a worker thread.
+    """
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            size += len(chunk)
-            h.update(chunk)
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            size += n
+            h.update(view[:n])
     return size, h.hexdigest()

@@ -7,10 +7,17 @@ Rules of this module:
 - ``admit()`` and ``open()`` are synchronous and do no I/O: they run before / during the upgrade.
   ``admit()`` raises ``RecorderError`` when the spool is over ``spool_max_mb`` (or its disk is
   nearly full), so the server answers 503 instead of starting a call it could not record.
-- One writer loop for all sessions: every ``TICK`` it drains each sink's queue into the spool
-  (yielding to the event loop every couple of milliseconds of work, so forwarding is never held
-  up), and every ``fsync_interval`` it flushes the event logs, makes the spool durable with one
-  ``syncfs`` and hands the durable marks to each session's uploader task.
+- One writer loop for all sessions, in rounds of ``TICK``: each round drains every sink's queue
+  (at most ``BATCH`` events of a session at a time), spread over the round in slices of about
+  ``SLICE`` of work separated by timer pauses, so forwarding never waits behind the recorder for
+  more than about a slice and the recorder's share of the loop comes in small even pieces.
+- Each session is flushed (audio, then its log lines as one gzip member) once per
+  ``fsync_interval``, in the round of its ``slot``: the rounds of an interval share that work.
+  After the last round of the interval one ``syncfs`` makes the spool durable and the durable
+  marks go to the uploaders that have work. So data reaches the spool files within one interval
+  (plus a round) and is durable within two.
+  The spool's size (a walk of its files, for admission and the gauge) is measured every
+  ``MEASURE_EVERY`` seconds.
 - On start, sessions left in the spool by a previous process are finished (``relay.recording.
   recovery``); their manifests say ``incomplete_reason: relay_restart`` unless they had closed.
 """
@@ -45,10 +52,20 @@ from relay.recording.uploader import SessionUpload, UploadContext
 log = logging.getLogger("relay.recording")
 
 TICK = 0.1
+"""A round: every session's queue is drained once per round."""
+SLICE = 0.0007
+"""Recorder work after which the writer yields to the event loop (a session's step may add to it)."""
+BATCH = 32
+"""Events of one session processed before the writer looks at the clock again."""
+MIN_PAUSE = 0.0005
+"""Shortest pause between slices (a timer: forwarding tasks woken meanwhile run first)."""
+SPREAD = 0.8
+"""A round's slices are spread over this fraction of the tick."""
+MEASURE_EVERY = 5.0
+"""Seconds between walks of the spool for its size (admission and the spool-bytes gauge)."""
 MIN_PART = 5 * 1024 * 1024
 MIN_FREE_BYTES = 256 * 1024 * 1024
 UPLOAD_CONCURRENCY = 2
-_SLICE = 0.002
 
 
 class NullRecording:
@@ -73,6 +90,8 @@ class _Live:
     spool: SessionSpool
     state: dict[str, Any]
     upload: SessionUpload
+    slot: int = 0
+    """The round of each sync interval in which this session is flushed."""
 
 
 class Recorder:
@@ -99,6 +118,10 @@ class Recorder:
         self._closed = False
         self.spool_bytes = 0
         self.disk_free: int | None = None
+        self._next_measure = 0.0
+        self._rounds = max(1, round(cfg.fsync_interval / TICK))
+        """Rounds per sync interval; each session is flushed in one of them (its ``slot``)."""
+        self._opened = 0
         self._ctx: UploadContext | None = None
         if store is not None:
             self._ctx = UploadContext(
@@ -205,7 +228,8 @@ class Recorder:
             "closed": None,
         }
         upload = SessionUpload(self._ctx, spool, state)
-        self._live[name] = _Live(sink, spool, state, upload)
+        self._opened += 1
+        self._live[name] = _Live(sink, spool, state, upload, self._opened % self._rounds)
         self._start_upload(name, upload)
         return sink
 
@@ -217,32 +241,66 @@ class Recorder:
     # Writer loop --------------------------------------------------------------------------------
 
     async def _writer_loop(self) -> None:
-        next_sync = time.monotonic() + self.cfg.fsync_interval
+        phase = 0
+        last_sync = time.monotonic()
         while True:
-            await asyncio.sleep(TICK)
-            await self._process_all()
-            if time.monotonic() >= next_sync:
-                next_sync = time.monotonic() + self.cfg.fsync_interval
-                await self._sync()
+            started = time.monotonic()
+            await self._round(started, phase)
+            # Rounds run late under load: sync on time all the same (what is flushed by then).
+            if phase == self._rounds - 1 or time.monotonic() - last_sync >= self.cfg.fsync_interval:
+                last_sync = time.monotonic()
+                await self._durable()
+            phase = (phase + 1) % self._rounds
+            await asyncio.sleep(max(MIN_PAUSE, started + TICK - time.monotonic()))
+
+    async def _round(self, started: float, phase: int | None) -> None:
+        """Process every session once (its whole queue), in slices spread over the round.
+
+        Sessions whose ``slot`` is ``phase`` are flushed as they are processed (every session
+        when ``phase`` is None), so the gzip and file writes of a sync interval are spread over
+        its rounds instead of piling up in one.
+        """
+        todo = list(self._live.values())
+        total = len(todo)
+        clock = time.perf_counter
+        slice_start = clock()
+        k = 0
+        while k < len(todo):
+            live = todo[k]
+            k += 1
+            if self._process(live, BATCH):
+                todo.append(live)  # a backlog continues after the others
+            elif phase is None or live.slot == phase:
+                self._flush(live)
+            now = clock()
+            if now - slice_start > SLICE:
+                # On schedule when the share of sessions done matches the share of the round gone.
+                due = started + SPREAD * TICK * min(k, total) / max(total, 1)
+                await asyncio.sleep(max(MIN_PAUSE, due - time.monotonic()))
+                slice_start = clock()
+        self.metrics.recording_queue_depth.set(sum(live.sink.queue_depth for live in self._live.values()))
 
     async def _process_all(self) -> None:
+        """Drain every queue now (shutdown, tests), yielding between slices."""
         started = time.perf_counter()
-        depth = 0
         for live in list(self._live.values()):
-            self._process(live)
-            depth += live.sink.queue_depth
-            if time.perf_counter() - started > _SLICE:
-                await asyncio.sleep(0)
-                started = time.perf_counter()
-        self.metrics.recording_queue_depth.set(depth)
+            while True:
+                more = self._process(live, BATCH)
+                if time.perf_counter() - started > SLICE:
+                    await asyncio.sleep(0)
+                    started = time.perf_counter()
+                if not more:
+                    break
+        self.metrics.recording_queue_depth.set(sum(live.sink.queue_depth for live in self._live.values()))
 
-    def _process(self, live: _Live) -> None:
+    def _process(self, live: _Live, limit: int = 0) -> bool:
+        """Process one session (at most ``limit`` events); True if its queue still holds some."""
         sink, state = live.sink, live.state
         try:
             if not sink.started:
                 live.spool.create()
                 live.spool.save_state(state)
-            sink.process()
+            more = sink.process(limit)
             if state["format"] is None and live.spool.fmt is not None:
                 f = live.spool.fmt
                 state["format"] = {"encoding": f.encoding, "rate": f.rate}
@@ -261,26 +319,35 @@ class Recorder:
                     "incomplete_reason": sink.incomplete_reason,
                 }
                 live.spool.save_state(state)
+            return more
         except Exception as exc:  # one broken session must not stop the recorder for the others
             log.exception("recording failed", extra={"session_id": sink.info.session_id})
             sink.fail("spool_error" if isinstance(exc, OSError) else "recorder_error")
+            return False
+
+    def _flush(self, live: _Live) -> None:
+        try:
+            live.sink.flush()
+        except Exception:  # one broken session must not stop the recorder for the others
+            log.exception("recording flush failed", extra={"session_id": live.sink.info.session_id})
+            live.sink.fail("recorder_error")
 
     async def _sync(self) -> None:
-        marks = []
+        """Flush every session now, make the spool durable, hand the marks over (shutdown, tests)."""
         started = time.perf_counter()
-        for name, live in list(self._live.items()):
-            if time.perf_counter() - started > _SLICE:  # compressing every session's log is long work
+        for live in list(self._live.values()):
+            if time.perf_counter() - started > SLICE:
                 await asyncio.sleep(0)
                 started = time.perf_counter()
-            live.sink.flush_events()
-            try:
-                live.spool.flush()
-            except OSError:
-                log.exception("recording spool write failed", extra={"session_id": live.sink.info.session_id})
-            tl = live.sink.timeline
-            marks.append(
-                (name, live, tl.sealed if tl else 0, live.spool.events_size, live.state["closed"] is not None)
-            )
+            self._flush(live)
+        await self._durable()
+
+    async def _durable(self) -> None:
+        """One ``syncfs`` for what every session has flushed, then the marks to the uploaders."""
+        marks = [
+            (name, live, live.sink.flushed_frames, live.spool.events_size, live.state["closed"] is not None)
+            for name, live in self._live.items()
+        ]
         try:
             await asyncio.to_thread(sync, self.root)
         except OSError:
@@ -290,15 +357,23 @@ class Recorder:
             live.upload.mark_durable(frames, events_size, closed)
             if closed:
                 self._live.pop(name, None)
-        await self._measure()
+        if time.monotonic() >= self._next_measure:
+            await self._measure()
+        else:
+            self._upload_lag()
 
     async def _measure(self) -> None:
+        """Spool size and free disk (walks the spool: every ``MEASURE_EVERY``), upload lag."""
+        self._next_measure = time.monotonic() + MEASURE_EVERY
         self.spool_bytes = await asyncio.to_thread(dir_bytes, self.root)
         try:
             self.disk_free = (await asyncio.to_thread(shutil.disk_usage, self.root)).free
         except OSError:
             self.disk_free = None
         self.metrics.recording_spool_bytes.set(self.spool_bytes)
+        self._upload_lag()
+
+    def _upload_lag(self) -> None:
         now = time.time()
         lag = max((now - u.ready_since for u, _ in self._uploads.values() if u.ready_since), default=0.0)
         self.metrics.recording_upload_lag_seconds.set(lag)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -94,7 +95,7 @@ class S3Store:
             args["ObjectLockRetainUntilDate"] = opts.retain_until
         return args
 
-    async def put(self, key: str, data: bytes, opts: PutOptions) -> None:
+    async def put(self, key: str, data: bytes | bytearray, opts: PutOptions) -> None:
         try:
             await self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **self._put_args(opts))
         except _FAILURES as exc:
@@ -109,7 +110,7 @@ class S3Store:
             raise _error("create_multipart_upload", exc) from exc
         return str(r["UploadId"])
 
-    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray) -> str:
         try:
             r = await self._client.upload_part(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
@@ -144,6 +145,14 @@ class S3Store:
 
     async def get(self, key: str) -> bytes:
         return b"".join([c async for c in self.read(key)])
+
+    async def digest(self, key: str) -> tuple[int, str]:
+        h = hashlib.sha256()
+        size = 0
+        async for chunk in self.read(key):
+            size += len(chunk)
+            h.update(chunk)
+        return size, h.hexdigest()
 
     async def list_keys(self, prefix: str) -> list[str]:
         out: list[str] = []

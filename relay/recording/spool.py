@@ -14,17 +14,27 @@ Rules of this module:
   part is stored. Segment 0 stays until the end: the WAV header goes in front of it.
 - The event log only grows by whole gzip members, so a crash can tear at most the last member and
   recovery drops it (``valid_gzip_prefix``).
+- Audio is gathered in memory per channel (references to the chunks, no copy) while it is
+  contiguous, and written with one ``pwritev`` when the session is flushed (at least once per
+  ``fsync_interval``), when a write lands elsewhere, or past ``PENDING_MAX`` bytes; bytes reach
+  the files in the order of the calls. The sink flushes audio before the log lines that refer
+  to it.
 - Durability: ``sync(root)`` makes everything written so far durable with one ``syncfs`` call for
   the whole spool (Linux; ``os.sync`` elsewhere) instead of one fsync per file.
-- Plain blocking file calls: the writer calls them with small buffers on the event loop; large
-  reads (segments, whole logs) go through ``asyncio.to_thread`` in the callers.
+- Plain blocking file calls: the writer calls them on the event loop about once a second per
+  session; large reads (segments, whole logs) go through ``asyncio.to_thread`` in the callers,
+  and ``read_segment_into`` fills a caller's reused buffer.
+- The log's gzip members come from ISA-L when the ``isal`` package is installed (about 4x
+  faster than zlib on these lines), else zlib level 1; either way standard gzip.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
+import importlib
 import os
 import shutil
 import zlib
@@ -35,13 +45,16 @@ from typing import Any
 import orjson
 
 from relay.recording.audioformat import AudioFormat
-from relay.recording.timeline import LEFT, Fill, Op, Write
+from relay.recording.timeline import LEFT, Op, Write
 
 STATE = "state.json"
 EVENTS = "events.jsonl.gz"
 _CHANNEL_NAMES = ("left", "right")
 _MAX_FDS = 4
 _FILL_CHUNK = 1 << 16
+PENDING_MAX = 1 << 18
+"""Bytes of audio a channel gathers in memory before they are written."""
+_MAX_CHUNKS = 512  # well under IOV_MAX (1024 on Linux)
 
 
 def segment_name(channel: int, seg: int) -> str:
@@ -59,7 +72,13 @@ class SessionSpool:
         self._fds: OrderedDict[tuple[int, int], int] = OrderedDict()
         self._events_fd = -1
         self.events_size = 0
-        self._pending: list[tuple[int, int, bytearray] | None] = [None, None]
+        self._sb = 0
+        self._silence = b""
+        self._chunks: tuple[list[bytes | memoryview], list[bytes | memoryview]] = ([], [])
+        """Audio not written yet, per channel: frames ``[_start[c], _end[c])``, ``_size[c]`` bytes."""
+        self._start = [0, 0]
+        self._end = [0, 0]
+        self._size = [0, 0]
 
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -67,67 +86,76 @@ class SessionSpool:
     def set_format(self, fmt: AudioFormat) -> None:
         """Fix the WAV format; a segment then holds one part's worth of frames."""
         self.fmt = fmt
+        self._sb = fmt.sample_bytes
+        self._silence = fmt.silence * _FILL_CHUNK
         self.frames_per_segment = self.part_size // (2 * fmt.sample_bytes)
 
     # Audio --------------------------------------------------------------------------------------
 
     def apply(self, ops: list[Op]) -> None:
-        """Carry out timeline instructions; contiguous writes on a channel are coalesced."""
+        """Carry out timeline instructions (``write`` / ``fill`` each)."""
         for op in ops:
             if op.__class__ is Write:
-                self._buffer(op[0], op[1], op[2])
+                self.write(op[0], op[1], op[2])
             else:
-                self._fill(op)  # type: ignore[arg-type]
+                self.fill(op[0], op[1], op[2])  # type: ignore[arg-type]
 
-    def _buffer(self, channel: int, frame: int, data: bytes) -> None:
-        p = self._pending[channel]
-        if p is not None:
-            start, end, buf = p
-            if frame == end:
-                buf += data
-                self._pending[channel] = (start, end + len(data) // self._sb, buf)
-                if len(buf) >= 1 << 18:
-                    self.flush_channel(channel)
-                return
+    def write(self, channel: int, frame: int, data: bytes | memoryview) -> None:
+        """Audio for ``channel`` from ``frame`` on, in the WAV's encoding (whole samples).
+
+        Contiguous writes are gathered (by reference: ``data`` must not change afterwards) and
+        reach the file in one ``pwritev`` on ``flush``, on a write elsewhere, or when
+        ``PENDING_MAX`` bytes are pending; bytes reach the file in the order of the calls.
+        """
+        chunks = self._chunks[channel]
+        if chunks and frame != self._end[channel]:
             self.flush_channel(channel)
-        self._pending[channel] = (frame, frame + len(data) // self._sb, bytearray(data))
+        if not chunks:
+            self._start[channel] = frame
+        chunks.append(data)
+        size = self._size[channel] + len(data)
+        self._size[channel] = size
+        self._end[channel] = frame + len(data) // self._sb
+        if size >= PENDING_MAX or len(chunks) >= _MAX_CHUNKS:
+            self.flush_channel(channel)
 
-    @property
-    def _sb(self) -> int:
-        assert self.fmt is not None, "audio format not set"
-        return self.fmt.sample_bytes
+    def fill(self, channel: int, frame: int, frames: int) -> None:
+        """Silence on ``channel`` over ``[frame, frame + frames)`` (gathered like ``write``)."""
+        sb = self._sb
+        while frames > 0:
+            n = frames if frames < _FILL_CHUNK else _FILL_CHUNK
+            self.write(channel, frame, memoryview(self._silence)[: n * sb])
+            frame += n
+            frames -= n
 
     def flush(self) -> None:
-        self.flush_channel(0)
-        self.flush_channel(1)
+        """Write the pending audio of both channels to the segment files."""
+        if self._chunks[0]:
+            self.flush_channel(0)
+        if self._chunks[1]:
+            self.flush_channel(1)
 
     def flush_channel(self, channel: int) -> None:
-        p = self._pending[channel]
-        if p is not None:
-            self._pending[channel] = None
-            self._pwrite(channel, p[0], bytes(p[2]))
-
-    def _fill(self, op: Fill) -> None:
-        self.flush_channel(op.channel)
-        assert self.fmt is not None
-        chunk = self.fmt.silence * _FILL_CHUNK
-        frame, left = op.frame, op.frames
-        while left > 0:
-            n = min(left, _FILL_CHUNK)
-            self._pwrite(op.channel, frame, chunk[: n * self._sb])
-            frame += n
-            left -= n
-
-    def _pwrite(self, channel: int, frame: int, data: bytes) -> None:
+        chunks = self._chunks[channel]
+        if not chunks:
+            return
+        frame, size = self._start[channel], self._size[channel]
         sb, n_seg = self._sb, self.frames_per_segment
-        view = memoryview(data)
-        while view:
-            seg, off = divmod(frame, n_seg)
-            room = (n_seg - off) * sb
-            piece = view[:room]
-            os.pwrite(self._fd(channel, seg), piece, off * sb)
-            frame += len(piece) // sb
-            view = view[room:]
+        seg, off = divmod(frame, n_seg)
+        if (n_seg - off) * sb >= size:  # the usual case: within one segment
+            if os.pwritev(self._fd(channel, seg), chunks, off * sb) != size:
+                raise OSError(errno.EIO, "short write to the recording spool")
+        else:
+            data = b"".join(chunks)
+            pos = 0
+            while pos < size:
+                seg, off = divmod(frame, n_seg)
+                piece = data[pos : pos + (n_seg - off) * sb]
+                os.pwrite(self._fd(channel, seg), piece, off * sb)
+                frame += len(piece) // sb
+                pos += len(piece)
+        chunks.clear()
+        self._size[channel] = 0
 
     def _fd(self, channel: int, seg: int) -> int:
         key = (channel, seg)
@@ -154,11 +182,36 @@ class SessionSpool:
             data += self.fmt.silence * ((want - len(data)) // self.fmt.sample_bytes)
         return data
 
+    def read_segment_into(self, channel: int, seg: int, frames: int, buf: bytearray) -> int:
+        """``read_segment`` into the start of ``buf`` (at least that long); returns the bytes."""
+        assert self.fmt is not None
+        want = frames * self.fmt.sample_bytes
+        got = 0
+        with memoryview(buf) as view:
+            try:
+                with open(self.path / segment_name(channel, seg), "rb", buffering=0) as f:
+                    while got < want and (n := f.readinto(view[got:want])):
+                        got += n
+            except FileNotFoundError:
+                pass
+            if got < want:
+                view[got:want] = self.fmt.silence * ((want - got) // self.fmt.sample_bytes)
+        return want
+
     def delete_segment(self, seg: int) -> None:
+        self.close_segment(seg)
+        self.unlink_segment(seg)
+
+    def close_segment(self, seg: int) -> None:
+        """Close the writer's descriptors of segment ``seg`` (on the event loop, with the writer)."""
         for ch in (LEFT, 1):
             fd = self._fds.pop((ch, seg), None)
             if fd is not None:
                 os.close(fd)
+
+    def unlink_segment(self, seg: int) -> None:
+        """Remove segment ``seg``'s files; freeing megabytes can take milliseconds: a worker's job."""
+        for ch in (LEFT, 1):
             with contextlib.suppress(FileNotFoundError):
                 (self.path / segment_name(ch, seg)).unlink()
 
@@ -216,12 +269,28 @@ class SessionSpool:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def gzip_member(data: bytes) -> bytes:
+def _deflater() -> tuple[Any, str]:
+    """The compressor for the log: ISA-L when the ``isal`` package is installed, else zlib.
+
+    Both write standard gzip members. On the log's lines (hex digests, JSON keys) zlib level 1
+    costs about 2 µs a line here, a quarter of the writer's budget per event; ISA-L level 1
+    about 0.5 µs, with 10-15 % smaller output.
+    """
+    try:
+        return importlib.import_module("isal.isal_zlib"), "isal"
+    except ImportError:
+        return zlib, "zlib"
+
+
+DEFLATE, DEFLATE_NAME = _deflater()
+
+
+def gzip_member(data: bytes, deflate: Any = None) -> bytes:
     """One complete gzip member; a file of concatenated members is a valid .gz file.
 
     Level 1: the lines are dominated by hex digests, so higher levels gain ~7 % for 2.5x the CPU.
     """
-    return zlib.compress(data, 1, wbits=31)
+    return bytes((deflate or DEFLATE).compress(data, 1, wbits=31))
 
 
 def valid_gzip_prefix(blob: bytes) -> tuple[int, bytes]:

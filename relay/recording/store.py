@@ -7,6 +7,9 @@ Rules of this module:
   as paths under its directory.
 - Every failure surfaces as ``StoreError`` with the backend's error code; the caller decides to
   retry. A local object appears complete or not at all (write to a temporary name, fsync, rename).
+- ``digest(key)`` reads an object back for its size and SHA-256 (the uploader's check of
+  ``audio.wav``); the local sink hashes the file in one worker-thread call and assembles multipart
+  objects with ``copy_file_range`` (no copy through Python memory).
 - Local objects are made read-only once written; a filesystem has no Object Lock, so retention
   on the local sink is recorded in the manifest and enforced only by ``relay erase``.
 """
@@ -22,6 +25,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from relay.recording.manifest import file_digest
 
 READ_CHUNK = 1 << 20
 
@@ -57,11 +62,12 @@ class ObjectStore(Protocol):
     def describe(self) -> dict[str, Any]:
         """Where objects go (for the manifest's ``storage``); never credentials."""
 
-    async def put(self, key: str, data: bytes, opts: PutOptions) -> None: ...
+    async def put(self, key: str, data: bytes | bytearray, opts: PutOptions) -> None: ...
 
     async def create_multipart(self, key: str, opts: PutOptions) -> str: ...
 
-    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str: ...
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray) -> str:
+        """Store part ``number``; ``data`` may be reused by the caller once this returns."""
 
     async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None: ...
 
@@ -71,6 +77,9 @@ class ObjectStore(Protocol):
         """The object's bytes in chunks. Raises StoreError (code ``NoSuchKey`` if absent)."""
 
     async def get(self, key: str) -> bytes: ...
+
+    async def digest(self, key: str) -> tuple[int, str]:
+        """Size and SHA-256 (hex) of the stored object, read back. Raises StoreError."""
 
     async def list_keys(self, prefix: str) -> list[str]: ...
 
@@ -104,18 +113,18 @@ class LocalStore:
             raise StoreError("path", "InvalidKey", f"key escapes the sink directory: {key!r}")
         return p
 
-    async def put(self, key: str, data: bytes, opts: PutOptions) -> None:
+    async def put(self, key: str, data: bytes | bytearray, opts: PutOptions) -> None:
         await asyncio.to_thread(self._write_atomic, self._path(key), [data])
 
-    def _write_atomic(self, path: Path, chunks: list[bytes] | list[Path]) -> None:
+    def _write_atomic(self, path: Path, chunks: list[bytes | bytearray] | list[Path]) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
             with open(tmp, "wb") as f:
                 for c in chunks:
                     if isinstance(c, Path):
-                        with open(c, "rb") as src:
-                            shutil.copyfileobj(src, f, READ_CHUNK)
+                        f.flush()
+                        _append_file(f.fileno(), c)
                     else:
                         f.write(c)
                 f.flush()
@@ -142,12 +151,12 @@ class LocalStore:
             raise StoreError(op, "NoSuchUpload", upload_id)
         return d
 
-    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes | bytearray) -> str:
         d = self._upload_dir("upload_part", upload_id)
         await asyncio.to_thread(self._write_part, d / f"{number:05d}.part", data)
         return f"local-{number}-{len(data)}"
 
-    def _write_part(self, path: Path, data: bytes) -> None:
+    def _write_part(self, path: Path, data: bytes | bytearray) -> None:
         try:
             with open(path, "wb") as f:
                 f.write(data)
@@ -183,6 +192,14 @@ class LocalStore:
 
     async def get(self, key: str) -> bytes:
         return b"".join([c async for c in self.read(key)])
+
+    async def digest(self, key: str) -> tuple[int, str]:
+        try:
+            return await asyncio.to_thread(file_digest, self._path(key))
+        except FileNotFoundError:
+            raise StoreError("get", "NoSuchKey", key) from None
+        except OSError as exc:
+            raise StoreError("get", "IOError", str(exc)) from exc
 
     async def list_keys(self, prefix: str) -> list[str]:
         return await asyncio.to_thread(self._list_keys, prefix)
@@ -232,6 +249,24 @@ class LocalStore:
 
     async def aclose(self) -> None:
         return None
+
+
+def _append_file(fd: int, src: Path) -> None:
+    """Append the file ``src`` to ``fd`` in the kernel (no copy through Python memory)."""
+    copy_range = getattr(os, "copy_file_range", None)  # Linux
+    with open(src, "rb", buffering=0) as f:
+        left = os.fstat(f.fileno()).st_size
+        while left > 0 and copy_range is not None:
+            try:
+                n = copy_range(f.fileno(), fd, left)
+            except OSError:  # not supported between these files
+                break
+            if n == 0:
+                break
+            left -= n
+        if left > 0:
+            with open(fd, "wb", buffering=0, closefd=False) as out:
+                shutil.copyfileobj(f, out, READ_CHUNK)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -2,7 +2,9 @@
 
 The timeline is the session's wall clock at the WAV's sample rate: frame ``f`` is ``f / rate``
 seconds after the session started. Calls return write instructions (``Write``, ``Fill``) that the
-spool carries out; nothing here touches files.
+spool carries out; nothing here touches files. ``lay_caller`` / ``lay_assistant`` are the same
+placement without instruction objects (the recorder's hot path); ``caller`` / ``assistant`` are
+built on them, so there is one rule for where audio goes.
 
 Rules of this module:
 - Left (caller): each ``input_audio_buffer.append`` is laid where the previous one ended, so a
@@ -112,16 +114,28 @@ class Timeline:
         """Lay a caller chunk (already in the WAV's encoding) that reached the relay at ``t_us``."""
         n = len(data) // self.sample_bytes
         data = data[: n * self.sample_bytes]  # a torn trailing sample is not laid
-        ideal = self.frame_at(t_us) - n
-        start = ideal if ideal > self.left_end + self.tolerance else self.left_end
+        prev = self.left_end
+        start = self.lay_caller(n, t_us)
         ops: list[Op] = []
-        if start > self.left_end:
-            ops.append(Fill(LEFT, self.left_end, start - self.left_end))
+        if start > prev:
+            ops.append(Fill(LEFT, prev, start - prev))
         if n:
             ops.append(Write(LEFT, start, data))
+        return Placement(LEFT, start, n), ops
+
+    def lay_caller(self, n: int, t_us: int) -> int:
+        """Place ``n`` caller frames that reached the relay at ``t_us``; returns the start frame.
+
+        The lean form of ``caller`` for the recorder's hot path (no instruction objects): the
+        audio goes at ``[start, start + n)``, and silence at ``[left_end, start)`` when the start
+        is later than ``left_end`` as it was before the call.
+        """
+        ideal = max(0, t_us * self.rate // 1_000_000) - n
+        end = self.left_end
+        start = ideal if ideal > end + self.tolerance else end
         self.left_end = start + n
         self.caller_frames += n
-        return Placement(LEFT, start, n), ops
+        return start
 
     # Assistant ----------------------------------------------------------------------------------
 
@@ -130,25 +144,45 @@ class Timeline:
         n = len(data) // self.sample_bytes
         data = data[: n * self.sample_bytes]
         ops = self._apply_pending(None)  # new audio: earlier cancellations are final now
-        arrival = max(self.frame_at(t_us), self.sealed)
+        prev = self.right_end
+        start = self.lay_assistant(n, t_us, item_id, response_id)
+        if start > prev:
+            ops.append(Fill(RIGHT, prev, start - prev))
+        if n:
+            ops.append(Write(RIGHT, start, data))
+        return Placement(RIGHT, start, n), ops
+
+    @property
+    def cuts_pending(self) -> bool:
+        """True while a cancellation cut waits to be applied (then use ``assistant``)."""
+        return bool(self._pending)
+
+    def lay_assistant(self, n: int, t_us: int, item_id: str, response_id: str) -> int:
+        """Place ``n`` frames of output audio that reached the client at ``t_us``; returns the start.
+
+        The lean form of ``assistant`` for the hot path, valid only while ``cuts_pending`` is
+        False: the audio goes at ``[start, start + n)``, and silence at ``[right_end, start)``
+        when the start is later than ``right_end`` as it was before the call.
+        """
+        arrival = max(t_us * self.rate // 1_000_000, 0, self.sealed)
         item = self._items.get(item_id)
         if item is None:
             item = self._remember(item_id, response_id)
-        if item_id == self._last_item and arrival <= self.right_cursor + self.tolerance:
-            start = max(self.right_cursor, self.sealed)
+        cursor = self.right_cursor
+        if item_id == self._last_item and arrival <= cursor + self.tolerance:
+            start = cursor if cursor > self.sealed else self.sealed
         else:
-            start = max(self.right_cursor, arrival)
-        if start > self.right_end:
-            ops.append(Fill(RIGHT, self.right_end, start - self.right_end))
+            start = cursor if cursor > arrival else arrival
+        end = start + n
         if n:
-            ops.append(Write(RIGHT, start, data))
             item.segments.append((item.frames, start, n))
             item.frames += n
-        self.right_end = max(self.right_end, start + n)
-        self.right_cursor = start + n
+        if end > self.right_end:
+            self.right_end = end
+        self.right_cursor = end
         self._last_item = item_id
         self.assistant_frames += n
-        return Placement(RIGHT, start, n), ops
+        return start
 
     def _remember(self, item_id: str, response_id: str) -> _Item:
         item = self._items[item_id] = _Item(response_id)

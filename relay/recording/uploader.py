@@ -16,16 +16,20 @@ Rules of this module:
   (``upload_lost``) instead of looping.
 - The whole-object SHA-256 of ``audio.wav`` is computed by reading the stored object back (the
   header is only known at the end, after most parts left the spool); this also checks the upload.
+- Memory: a part is built (segments read, channels interleaved) in a ``PartScratch`` that is
+  reused from part to part: at most ``UPLOAD_CONCURRENCY`` of them exist, each about twice the
+  part size, allocated once. Fresh buffers for every part would cost a page fault per 4 KiB.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from relay.metrics import RelayMetrics
@@ -34,13 +38,27 @@ from relay.recording import manifest as mf
 from relay.recording.audioformat import AudioFormat
 from relay.recording.spool import EVENTS, SessionSpool
 from relay.recording.store import ObjectStore, PutOptions, StoreError
-from relay.recording.wav import frame_bytes, header, interleave
+from relay.recording.timeline import LEFT, RIGHT
+from relay.recording.wav import frame_bytes, header, interleave_into
 
 log = logging.getLogger("relay.recording")
 
 _BACKOFF_MIN = 0.5
 _BACKOFF_MAX = 30.0
-_INTERLEAVE_CHUNK = 1 << 17
+
+
+class PartScratch:
+    """Memory for building one part, reused from part to part (never resized once made)."""
+
+    __slots__ = ("size", "left", "right", "out")
+
+    def __init__(self, part_size: int) -> None:
+        self.size = part_size // 2
+        """A segment of one channel: at most half a part."""
+        self.left = bytearray()  # allocated by the first build, in the worker thread
+        self.right = bytearray()
+        self.out = bytearray()
+        """The last full-size part (no header): the next one of that size is built in place."""
 
 
 @dataclass(slots=True)
@@ -49,21 +67,43 @@ class UploadContext:
     metrics: RelayMetrics
     part_size: int
     parts: asyncio.Semaphore
-    """Bounds concurrent part builds + uploads process-wide (memory: ~4 × part size each)."""
+    """Bounds concurrent part builds + uploads process-wide (memory: one ``PartScratch`` each)."""
     sse: str = ""
     kms_key_id: str = ""
     storage_class: str = ""
+    scratch: list[PartScratch] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def scratch_space(self) -> Iterator[PartScratch]:
+        """A ``PartScratch`` to build and upload one part in (hold ``parts`` while using it)."""
+        scratch = self.scratch.pop() if self.scratch else PartScratch(self.part_size)
+        try:
+            yield scratch
+        finally:
+            self.scratch.append(scratch)
 
 
-def _interleave_slow(left: bytes, right: bytes, fmt: AudioFormat) -> bytes:
-    """Interleave in slices, releasing the GIL between them (runs in a worker thread)."""
-    sb = fmt.sample_bytes
-    step = _INTERLEAVE_CHUNK * sb
-    out = []
-    for i in range(0, len(left), step):
-        out.append(interleave(left[i : i + step], right[i : i + step], fmt))
-        time.sleep(0)
-    return b"".join(out)
+def build_part(spool: SessionSpool, scratch: PartScratch, seg: int, frames: int, head: bytes) -> bytearray:
+    """``head`` + segment ``seg`` of both channels interleaved (blocking: run in a worker thread).
+
+    A full-size part without header is built in ``scratch.out`` (reused); others get their own
+    buffer. The result stays valid until the scratch is used for the next part.
+    """
+    assert spool.fmt is not None
+    sb = spool.fmt.sample_bytes
+    if len(scratch.left) < frames * sb:
+        scratch.left = bytearray(max(scratch.size, frames * sb))
+        scratch.right = bytearray(len(scratch.left))
+    n = spool.read_segment_into(LEFT, seg, frames, scratch.left)
+    spool.read_segment_into(RIGHT, seg, frames, scratch.right)
+    size = len(head) + 2 * n
+    reusable = not head and frames == spool.frames_per_segment
+    out = scratch.out if reusable and len(scratch.out) == size else bytearray(size)
+    if reusable:
+        scratch.out = out
+    out[: len(head)] = head
+    interleave_into(out, len(head), scratch.left, scratch.right, n, sb)
+    return out
 
 
 class SessionUpload:
@@ -86,9 +126,10 @@ class SessionUpload:
         self.durable_frames = max(self.durable_frames, frames)
         self.durable_events = max(self.durable_events, events_size)
         self.durable_closed = self.durable_closed or closed
-        if self.ready_since is None and self._has_work():
-            self.ready_since = time.time()
-        self._wake.set()
+        if self._has_work():  # an idle uploader stays asleep: hundreds of sessions mark every second
+            if self.ready_since is None:
+                self.ready_since = time.time()
+            self._wake.set()
 
     def _has_work(self) -> bool:
         n = self.state.get("frames_per_part") or 0
@@ -175,23 +216,27 @@ class SessionUpload:
                 a["upload_id"] = await self.ctx.store.create_multipart(key, self._opts("audio/wav"))
                 self._save()
             async with self.ctx.parts:
-                data = await self._build(seg, frames)
-                etag = await self._upload_part(key, a, seg + 1, data)
+                with self.ctx.scratch_space() as scratch:
+                    data = await self._build(scratch, seg, frames)
+                    size = len(data)
+                    etag = await self._upload_part(key, a, seg + 1, data)
             a["parts"].append([seg + 1, etag])
             a["next_segment"] = seg + 1
             self._save()
-            self.spool.delete_segment(seg)
-            self.ctx.metrics.recording_uploaded_bytes_total.inc(len(data))
+            await self._delete_segment(seg)
+            self.ctx.metrics.recording_uploaded_bytes_total.inc(size)
 
-    async def _build(self, seg: int, frames: int) -> bytes:
+    async def _build(self, scratch: PartScratch, seg: int, frames: int, head: bytes = b"") -> bytearray:
         fmt = self._fmt
         if self.spool.fmt != fmt:
             self.spool.set_format(fmt)
-        left = await asyncio.to_thread(self.spool.read_segment, 0, seg, frames)
-        right = await asyncio.to_thread(self.spool.read_segment, 1, seg, frames)
-        return await asyncio.to_thread(_interleave_slow, left, right, fmt)
+        return await asyncio.to_thread(build_part, self.spool, scratch, seg, frames, head)
 
-    async def _upload_part(self, key: str, up: dict[str, Any], number: int, data: bytes) -> str:
+    async def _delete_segment(self, seg: int) -> None:
+        self.spool.close_segment(seg)
+        await asyncio.to_thread(self.spool.unlink_segment, seg)
+
+    async def _upload_part(self, key: str, up: dict[str, Any], number: int, data: bytes | bytearray) -> str:
         try:
             return await self.ctx.store.upload_part(key, up["upload_id"], number, data)
         except StoreError as exc:
@@ -222,8 +267,9 @@ class SessionUpload:
         head = header(fmt, total)
         if a["upload_id"] is None and total <= n:
             async with self.ctx.parts:
-                body = head + (await self._build(0, total) if total else b"")
-                await self.ctx.store.put(key, body, self._opts("audio/wav"))
+                with self.ctx.scratch_space() as scratch:
+                    body = await self._build(scratch, 0, total, head)
+                    await self.ctx.store.put(key, body, self._opts("audio/wav"))
             self.ctx.metrics.recording_uploaded_bytes_total.inc(len(body))
         else:
             await self._audio_parts(total)
@@ -231,8 +277,9 @@ class SessionUpload:
                 return None
             if a.get("part1") is None:
                 async with self.ctx.parts:
-                    body = head + await self._build(0, n)
-                    a["part1"] = await self._upload_part(key, a, 1, body)
+                    with self.ctx.scratch_space() as scratch:
+                        body = await self._build(scratch, 0, n, head)
+                        a["part1"] = await self._upload_part(key, a, 1, body)
                 self._save()
                 self.ctx.metrics.recording_uploaded_bytes_total.inc(len(body))
             parts = [(1, a["part1"]), *((int(p), str(e)) for p, e in a["parts"])]
@@ -253,16 +300,11 @@ class SessionUpload:
             raise StoreError("verify", "SizeMismatch", f"{key}: stored {got_size} bytes, expected {size}")
         a["done"] = {"key": key, "size": size, "sha256": digest}
         self._save()
-        self.spool.delete_segment(0)
+        await self._delete_segment(0)
         return dict(a["done"])
 
     async def _hash_object(self, key: str) -> tuple[int, str]:
-        h = hashlib.sha256()
-        size = 0
-        async for chunk in self.ctx.store.read(key):
-            size += len(chunk)
-            h.update(chunk)
-        return size, h.hexdigest()
+        return await self.ctx.store.digest(key)
 
     # Events -------------------------------------------------------------------------------------
 

@@ -6,12 +6,13 @@ Rules of this module:
   ``fact`` chunk that non-PCM WAVs carry: 58-byte header).
 - Sizes are only known at the end, so the header is built last (``header(fmt, frames)``) and goes
   in front of the first multipart part.
-- Pure, no I/O.
+- Pure, no I/O (``interleave_into`` only yields the GIL between slices: it runs in a worker).
 """
 
 from __future__ import annotations
 
 import struct
+import time
 from array import array
 from dataclasses import dataclass
 
@@ -107,6 +108,40 @@ def interleave(left: bytes, right: bytes, fmt: AudioFormat) -> bytes:
     a[0::2] = array("h", left)
     a[1::2] = array("h", right)
     return a.tobytes()
+
+
+def interleave_into(
+    out: bytearray,
+    offset: int,
+    left: bytes | bytearray,
+    right: bytes | bytearray,
+    nbytes: int,
+    sample_bytes: int,
+) -> None:
+    """``interleave(left[:nbytes], right[:nbytes])`` written into ``out`` from ``offset`` on.
+
+    No buffer for the result and no copy of the inputs; it works in slices of ``_SLICE_FRAMES``
+    frames with a ``time.sleep(0)`` after each: it runs in a worker thread and holds the GIL
+    while copying, so the event loop gets the GIL back every half millisecond or so.
+    """
+    sb = sample_bytes
+    step = _SLICE_FRAMES * sb
+    for i in range(0, nbytes, step):
+        j = min(i + step, nbytes)
+        o = offset + 2 * i
+        e = offset + 2 * j
+        if sb == 1:
+            out[o:e:2] = left[i:j]
+            out[o + 1 : e : 2] = right[i:j]
+        else:
+            out[o:e:4] = left[i:j:2]
+            out[o + 1 : e : 4] = left[i + 1 : j : 2]
+            out[o + 2 : e : 4] = right[i:j:2]
+            out[o + 3 : e : 4] = right[i + 1 : j : 2]
+        time.sleep(0)
+
+
+_SLICE_FRAMES = 1 << 17
 
 
 def split(data: bytes | memoryview, fmt: AudioFormat) -> tuple[bytes, bytes]:
