@@ -191,8 +191,9 @@ class Pumps:
             self._end(end.result)
         finally:
             self._flush()
-        if not self._done.done():
-            self.upstream.transport.resume_reading()
+        # The handshake left the upstream paused; read it even if the session already ended,
+        # for its closing handshake.
+        self.upstream.transport.resume_reading()
         try:
             result = await self._done
         except BaseException:
