@@ -31,7 +31,6 @@ import asyncio
 import base64
 import contextvars
 import gc
-import importlib
 import itertools
 import os
 import shutil
@@ -444,8 +443,6 @@ async def run(args: argparse.Namespace) -> None:
             f"{args.sessions} sessions, {args.seconds:.0f} s calls fed in real time; steady window {window:.0f} s"
             f" after a {WARMUP_S:.0f} s warm-up: {steady_fed} events ({steady_fed / window:.0f}/s)"
         )
-        deflate = getattr(importlib.import_module("relay.recording.spool"), "DEFLATE_NAME", "zlib")
-        print(f"  (log compressed with {deflate})")
         print(f"  record_event (forwarding path) {_us(steady_record, steady_fed):6.2f} µs/event")
         print(
             f"  writer on the event loop       {_us(rec_hold.total_ns, steady_fed):6.2f} µs/event"

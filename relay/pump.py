@@ -98,6 +98,8 @@ class _Peer(asyncio.BufferedProtocol):
         self.frame = server_frame if name == "client" else client_frame
         self.inherited = inherited
         """The protocol the transport had before (aiohttp's); told when the connection is lost."""
+        self.lane = _Lane(self)
+        """The frames read from this peer, and what they produced."""
         self.out: list[bytes] = []
         self.write_paused = False
         self.read_paused = False
@@ -168,7 +170,6 @@ class Pumps:
             None,
         )
         self._tail = upstream.tail
-        self._lanes = {self.client: _Lane(self.client), self.upstream: _Lane(self.upstream)}
         self._relay_lane = _Lane(None)
         self._background: set[asyncio.Task[None]] = set()
         self._done: asyncio.Future[PumpResult] = asyncio.get_running_loop().create_future()
@@ -231,7 +232,7 @@ class Pumps:
             except WireError as exc:
                 self._wire_error(peer, exc)
                 return
-            lane = self._lanes[peer]
+            lane = peer.lane
             if lane.busy:
                 lane.backlog.extend(messages)
             else:
@@ -256,8 +257,8 @@ class Pumps:
         # A side is read only while what its frames produce can be written: upstream frames go to
         # the client; client frames go upstream, and their error replies back to the client.
         for lane, blocked in (
-            (self._lanes[self.upstream], client_full),
-            (self._lanes[self.client], upstream_full or client_full),
+            (self.upstream.lane, client_full),
+            (self.client.lane, upstream_full or client_full),
         ):
             lane.blocked = blocked
             self._update_reading(lane)

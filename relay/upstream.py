@@ -18,7 +18,7 @@ import hashlib
 import os
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from relay import __version__
@@ -55,7 +55,6 @@ class UpstreamLink:
     transport: asyncio.Transport
     tail: bytes
     max_msg_size: int
-    headers: dict[str, str] = field(default_factory=dict)
 
     def abort(self) -> None:
         """Drop the connection (the session never started)."""
@@ -196,7 +195,7 @@ class UpstreamConnector:
         except BaseException:
             transport.abort()
             raise
-        return UpstreamLink(transport, tail, self.max_msg_size, headers)
+        return UpstreamLink(transport, tail, self.max_msg_size)
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:

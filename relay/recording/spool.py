@@ -24,8 +24,7 @@ Rules of this module:
 - Plain blocking file calls: the writer calls them on the event loop about once a second per
   session; large reads (segments, whole logs) go through ``asyncio.to_thread`` in the callers,
   and ``read_segment_into`` fills a caller's reused buffer.
-- The log's gzip members come from ISA-L when the ``isal`` package is installed (about 4x
-  faster than zlib on these lines), else zlib level 1; either way standard gzip.
+- The log's gzip members are zlib level 1: standard gzip.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import importlib
 import os
 import shutil
 import zlib
@@ -269,28 +267,12 @@ class SessionSpool:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _deflater() -> tuple[Any, str]:
-    """The compressor for the log: ISA-L when the ``isal`` package is installed, else zlib.
-
-    Both write standard gzip members. On the log's lines (hex digests, JSON keys) zlib level 1
-    costs about 2 µs a line here, a quarter of the writer's budget per event; ISA-L level 1
-    about 0.5 µs, with 10-15 % smaller output.
-    """
-    try:
-        return importlib.import_module("isal.isal_zlib"), "isal"
-    except ImportError:
-        return zlib, "zlib"
-
-
-DEFLATE, DEFLATE_NAME = _deflater()
-
-
-def gzip_member(data: bytes, deflate: Any = None) -> bytes:
+def gzip_member(data: bytes) -> bytes:
     """One complete gzip member; a file of concatenated members is a valid .gz file.
 
     Level 1: the lines are dominated by hex digests, so higher levels gain ~7 % for 2.5x the CPU.
     """
-    return bytes((deflate or DEFLATE).compress(data, 1, wbits=31))
+    return zlib.compress(data, 1, wbits=31)
 
 
 def valid_gzip_prefix(blob: bytes) -> tuple[int, bytes]:
