@@ -7,6 +7,9 @@ violations close the client with the matching code while the upstream gets a nor
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+from pathlib import Path
 
 import orjson
 import pytest
@@ -14,7 +17,8 @@ import websockets
 from websockets.frames import Frame, Opcode
 
 from relay.sim import SimServer
-from tests.support.relay import RunningRelay
+from relay.upstream import UpstreamTarget
+from tests.support.relay import RunningRelay, running_relay
 
 
 async def connect(relay: RunningRelay) -> websockets.ClientConnection:
@@ -81,3 +85,44 @@ async def test_protocol_violations_close_the_client_with_the_code(
     conn = sim.connections[-1]
     await asyncio.wait_for(conn.closed.wait(), 5)
     assert conn.close_code == 1000
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+    ],
+    ids=["wrong-accept", "unoffered-extension", "not-http"],
+)
+async def test_an_upstream_answering_the_upgrade_badly_is_502(tmp_path: Path, answer: bytes) -> None:
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(answer.replace(b"{accept}", accept))
+        await writer.drain()
+        await reader.read()  # until the relay drops the connection
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = UpstreamTarget(f"ws://127.0.0.1:{port}/v1/realtime", "sk-relay-key", 5.0)
+    try:
+        async with running_relay(tmp_path, upstream=target) as r:
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await websockets.connect(
+                    f"{r.url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {r.key}"}
+                )
+            assert refused.value.response.status_code == 502
+            assert orjson.loads(refused.value.response.body)["error"]["code"] == "upstream_unavailable"
+    finally:
+        server.close()
+        await server.wait_closed()

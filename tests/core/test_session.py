@@ -227,3 +227,39 @@ def test_recording_overflow_ends_the_session() -> None:
     follow = list(s.sent(send, 3))
     assert error_of(follow[0])["code"] == "recording_unavailable"
     assert isinstance(follow[1], Close) and follow[1].code == 1011
+
+
+class AuditingGuard(CountingGuard):
+    """A guard that leaves audit records in ``pending_audit`` (as the budget guard does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending_audit: list[AuditRecord] = []
+
+    def before_forward(self, event: Event) -> Sequence[Any] | None:
+        if event.type == "response.create":
+            self.pending_audit.append(AuditRecord("budget", "usd", "warn", event_type=event.type))
+        return super().before_forward(event)
+
+    def after_forward(self, event: Event, sent_ns: int) -> Sequence[Any]:
+        if event.type == "response.done":
+            self.pending_audit.append(AuditRecord("budget", "usd", "exhausted", event_type=event.type))
+        return super().after_forward(event, sent_ns)
+
+
+def test_the_guards_audit_records_reach_the_trail_once() -> None:
+    guard = AuditingGuard()
+    spy = RecordingSpy()
+    s = Session(info(), guard=guard, recording=spy)
+    for action in s.client_text('{"type":"input_audio_buffer.append","audio":"AAAA"}', 2_000_000):
+        s.sent(action, 2_000_000)
+    assert spy.relay == []  # nothing pending: nothing recorded
+    for action in s.client_text('{"type":"response.create"}', 3_000_000):
+        s.sent(action, 3_000_000)
+    for action in s.upstream_text('{"type":"response.done","response":{}}', 4_000_000):
+        s.sent(action, 4_000_000)
+    assert [(kind, body["action"], body["event_type"]) for kind, body, _ in spy.relay] == [
+        ("budget", "warn", "response.create"),
+        ("budget", "exhausted", "response.done"),
+    ]
+    assert guard.pending_audit == []  # the core cleared the guard's own list
