@@ -115,9 +115,13 @@ async def clients_main(url: str, key: str, sessions: int, seconds: float, warmup
 # -- orchestration -------------------------------------------------------------------------------
 
 
-def pinned(cmd: list[str], cpu: int) -> list[str]:
+RELAY_CPUS = "0"
+"""The CPUs of the relaying process (``--relay-cpus``); the clients and the upstream take CPU 1."""
+
+
+def pinned(cmd: list[str], cpus: int | str) -> list[str]:
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        return ["taskset", "-c", str(cpu), *cmd]
+        return ["taskset", "-c", str(cpus), *cmd]
     return cmd
 
 
@@ -232,9 +236,9 @@ def measure_process(
     stats: str,
     upstream_pid: int | None = None,
 ) -> dict[str, Any]:
-    """Start a relaying process on CPU 0, run the clients through it, and measure its cost."""
+    """Start a relaying process on ``RELAY_CPUS``, run the clients through it, measure its cost."""
     log = (tmp / f"proc-{time.monotonic_ns()}.log").open("wb")
-    proc = subprocess.Popen(pinned(cmd, 0), cwd=ROOT, stdout=log, stderr=log)
+    proc = subprocess.Popen(pinned(cmd, RELAY_CPUS), cwd=ROOT, stdout=log, stderr=log)
     try:
         wait_ready(ready_url, proc)
         rss_idle = proc_rss_kb(proc.pid)
@@ -388,6 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recording", choices=["on", "off"], default="off")
     parser.add_argument("--policies", choices=["none", "realistic"], default="none")
     parser.add_argument(
+        "--relay-cpus",
+        default="0",
+        help="CPUs of the relay (taskset list). Default 0: one core, as the forwarder gets. With "
+        "'0,1' the recorder's spool thread may run beside the load generator's core.",
+    )
+    parser.add_argument(
         "--baseline", action="store_true", help="also run a plain aiohttp forwarder (bench.forwarder)"
     )
     args = parser.parse_args(argv)
@@ -398,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(clients_main(args.url, args.key, args.sessions, args.seconds, args.warmup, args.out))
         return 0
     counts = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.sessions]
+    global RELAY_CPUS
+    RELAY_CPUS = args.relay_cpus
     rows = []
     for n in counts:
         row = bench(n, args.seconds, args.warmup, args.recording == "on", args.policies, args.baseline)

@@ -309,3 +309,43 @@ async def test_shutdown_seals_open_sessions_as_incomplete(tmp_path: Path) -> Non
     assert lines[-1]["type"] == "recording.close"
     assert verify_dir(folder).ok
     assert rec.open(session_info(), None).record_event(client({"type": "x"}), 0) is True  # closed: null sink
+
+
+async def test_a_spool_write_failure_in_the_spool_thread_ends_the_call_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full cannot be produced here without a mount: the write itself is made to fail."""
+    import asyncio
+    import errno
+
+    from relay.recording.spool import SessionSpool
+
+    rec = await Recorder.create(local_config(tmp_path), RelayMetrics(CollectorRegistry()), relay_version="t")
+    info = session_info()
+    sink = rec.open(info, None)
+    ended: list[bool] = []
+    sink.on_overflow = lambda: ended.append(True)
+    call = Call(sink)
+    call.start()
+    call.speak(500)
+    await rec._process_all()  # noqa: SLF001 - the first events are on the spool
+    await rec._sync()  # noqa: SLF001
+
+    def full(self: SessionSpool, runs: list[object]) -> None:
+        if runs:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SessionSpool, "write_runs", full)
+    call.speak(500)
+    for _ in range(50):  # reported from the spool thread to the loop
+        if ended:
+            break
+        await asyncio.sleep(0.05)
+    assert ended == [True] and sink.overflowed and sink.incomplete_reason == "spool_error"
+    assert not sink.record_event(client({"type": "input_audio_buffer.commit"}), call.t_us)  # the core ends it
+    monkeypatch.undo()
+    sink.close(call.summary())
+    await settle(rec)
+    await rec.aclose()
+    manifest, _, _, _ = read_local(tmp_path / "rec", info.session_id)
+    assert manifest["complete"] is False and manifest["incomplete_reason"] == "spool_error"
