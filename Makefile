@@ -6,13 +6,13 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := redis-server prometheus espeak-ng sox openssl gcc
-SYSTEM_COMMANDS := redis-server prometheus promtool espeak-ng sox openssl gcc
+SYSTEM_PACKAGES := redis-server prometheus espeak-ng sox openssl
+SYSTEM_COMMANDS := redis-server prometheus promtool espeak-ng sox openssl
 PYTEST_ARGS ?=
 
 .PHONY: run test lint types unit sysdeps bench clean sim
 
-$(STAMP): pyproject.toml setup.py relay/recording/_speedups.c
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
@@ -44,7 +44,7 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-test: sysdeps $(STAMP) lint types
+test: $(STAMP) sysdeps lint types
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)

@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         "--relay-cpus",
         default="0",
         help="CPUs of the relay (taskset list). Default 0: one core, as the forwarder gets. With "
-        "'0,1' the recorder's spool thread may run beside the load generator's core.",
+        "'0,1' the relay's worker threads (syncfs, part building) may use the load generator's core.",
     )
     parser.add_argument(
         "--baseline", action="store_true", help="also run a plain aiohttp forwarder (bench.forwarder)"

@@ -13,13 +13,9 @@ Rules of this module:
   more than about a slice and the recorder's share of the loop comes in small even pieces.
 - Each session is flushed (audio, then its log lines as one gzip member) once per
   ``fsync_interval``, in the round of its ``slot``: the rounds of an interval share that work.
-  A flush is a job for the spool thread (``relay.recording.spoolio``), which compresses and
-  writes while the loop forwards. After the last round of the interval one ``syncfs``, queued
-  behind those jobs in the same thread, makes the spool durable; the durable marks are what the
-  files held when it started (read in that thread), and they go to the uploaders that have work.
-  So data reaches the spool files within one interval (plus a round) and is durable within two.
-  While the spool thread is more than ``BACKLOG_MAX`` bytes behind, rounds drain nothing: the
-  sessions' bounded queues fill and their overflow policy acts (a slow disk never grows memory).
+  After the last round of the interval one ``syncfs`` makes the spool durable and the durable
+  marks go to the uploaders that have work. So data reaches the spool files within one interval
+  (plus a round) and is durable within two.
   The spool's size (a walk of its files, for admission and the gauge) is measured every
   ``MEASURE_EVERY`` seconds.
 - On start, sessions left in the spool by a previous process are finished (``relay.recording.
@@ -50,7 +46,6 @@ from relay.recording.retention import DEFAULT_POLICY, RecordingPolicy
 from relay.recording.s3 import S3Store
 from relay.recording.sink import SessionRecording, info_dict, summary_dict
 from relay.recording.spool import SessionSpool, SpoolLock, dir_bytes, sync
-from relay.recording.spoolio import BACKLOG_MAX, SpoolThread
 from relay.recording.store import LocalStore, ObjectStore
 from relay.recording.uploader import SessionUpload, UploadContext
 
@@ -127,8 +122,6 @@ class Recorder:
         self._rounds = max(1, round(cfg.fsync_interval / TICK))
         """Rounds per sync interval; each session is flushed in one of them (its ``slot``)."""
         self._opened = 0
-        self._io: SpoolThread | None = None
-        self._behind = False
         self._ctx: UploadContext | None = None
         if store is not None:
             self._ctx = UploadContext(
@@ -161,7 +154,6 @@ class Recorder:
             lock.release()
             raise RecorderError(f"cannot open the recording sink: {exc}") from exc
         self = cls(cfg, metrics, relay_version, store, lock)
-        self._io = SpoolThread()
         metrics.recording_spool_limit_bytes.set(int(cfg.spool_max_mb) * 1024 * 1024)
         await self._measure()
         self._writer = self._spawn(self._writer_loop(), "recording-writer")
@@ -208,7 +200,6 @@ class Recorder:
             on_overflow=overflow,
             dropped_counter=self.metrics.recording_dropped_total.labels(tenant=info.tenant, policy=overflow),
             relay_version=self.relay_version,
-            io=self._io,
         )
         started = info.started_at or time.time()
         loc = layout.location(
@@ -269,13 +260,6 @@ class Recorder:
         when ``phase`` is None), so the gzip and file writes of a sync interval are spread over
         its rounds instead of piling up in one.
         """
-        assert self._io is not None
-        if self._io.backlog > BACKLOG_MAX:  # the disk is behind: let the queues take the strain
-            if not self._behind:
-                log.warning("recording spool writes are %d bytes behind; draining paused", self._io.backlog)
-            self._behind = True
-            return
-        self._behind = False
         todo = list(self._live.values())
         total = len(todo)
         clock = time.perf_counter
@@ -360,27 +344,16 @@ class Recorder:
 
     async def _durable(self) -> None:
         """One ``syncfs`` for what every session has flushed, then the marks to the uploaders."""
-        assert self._io is not None
-        lives = [(name, live, live.state["closed"] is not None) for name, live in self._live.items()]
-
-        def job() -> list[tuple[int, int, bool]]:
-            # On file when the sync starts; a closed session's last flush was queued before this job.
-            marks = [
-                (lv.spool.flushed_frames, lv.spool.events_size, lv.spool.error is not None)
-                for _, lv, _ in lives
-            ]
-            sync(self.root)
-            return marks
-
+        marks = [
+            (name, live, live.sink.flushed_frames, live.spool.events_size, live.state["closed"] is not None)
+            for name, live in self._live.items()
+        ]
         try:
-            marks = await self._io.run(job)
+            await asyncio.to_thread(sync, self.root)
         except OSError:
             log.exception("recording spool sync failed")
             return
-        for (name, live, closed), (frames, events_size, failed) in zip(lives, marks, strict=True):
-            if closed and failed and live.state["closed"]["incomplete_reason"] is None:
-                live.state["closed"]["incomplete_reason"] = "spool_error"  # its last flush failed
-                live.spool.save_state(live.state)
+        for name, live, frames, events_size, closed in marks:
             live.upload.mark_durable(frames, events_size, closed)
             if closed:
                 self._live.pop(name, None)
@@ -459,8 +432,6 @@ class Recorder:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._io is not None:
-            await self._io.aclose()
         for live in self._live.values():
             live.spool.close_files()
         await self.store.aclose()

@@ -6,9 +6,8 @@ Rules of this module:
   unusual is going on. The writer side (``relay.recording.writer``: decoding, hashing, placing
   audio, log lines) runs in ``process()``, called by the recorder's writer loop every round with
   a bound on the events per call, and ``flush()``, called at least once per ``fsync_interval``,
-  hands what is buffered to the spool thread (``relay.recording.spoolio``) as one job: audio
-  first, then the log lines as one gzip member, so a line never reaches the disk before the audio
-  it references. The compression and the writes happen there, off the event loop.
+  writes what is buffered: audio first, then the log lines as one gzip member, so a line never
+  reaches the disk before the audio it references.
 - Sealing (``relay.recording.timeline``) runs at most every ``SEAL_EVERY_US`` of session time: audio
   is final between ``holdback`` and ``holdback + SEAL_EVERY_US`` after it happened.
 - Overflow: with ``on_overflow: terminate`` (default) the first event that does not fit makes
@@ -17,8 +16,7 @@ Rules of this module:
   session core then closes the session with 1011 "recording overflow". With ``drop`` the event is
   dropped, counted, and a ``recording.dropped`` line marks the hole in the log. Both count
   ``relay_recording_dropped_total``. ``close()`` is never refused.
-- A spool write failure (disk full) ends the recording the same way (``spool_error``); the spool
-  thread reports it back to the event loop, and the spool's later jobs do nothing.
+- A spool write failure (disk full) ends the recording the same way (``spool_error``).
 """
 
 from __future__ import annotations
@@ -34,8 +32,7 @@ from relay.contracts import SessionInfo, SessionSummary
 from relay.events import Event
 from relay.recording import eventlog as el
 from relay.recording.retention import RecordingPolicy
-from relay.recording.spool import PENDING_MAX, SessionSpool, gzip_member
-from relay.recording.spoolio import InlineIO, SpoolIO
+from relay.recording.spool import SessionSpool, gzip_member
 from relay.recording.timeline import Timeline
 from relay.recording.writer import SessionWriter
 
@@ -73,12 +70,10 @@ class SessionRecording:
         relay_version: str,
         tolerance_ms: int = 200,
         holdback_ms: int = 3000,
-        io: SpoolIO | None = None,
     ) -> None:
         self.info = info
         self.policy = policy
         self.spool = spool
-        self.io: SpoolIO = io or InlineIO()
         self.writer = SessionWriter(info, spool, tolerance_ms=tolerance_ms, holdback_ms=holdback_ms)
         self.overflowed = False
         """True once the recording cannot keep up (or its spool failed) under ``terminate``."""
@@ -88,7 +83,8 @@ class SessionRecording:
         self.summary: SessionSummary | None = None
         self.finished = False
         self.total_frames = 0
-        self._submitted_frames = 0
+        self.flushed_frames = 0
+        """Sealed frames whose audio is all written to the spool (as of the last ``flush``)."""
         self.relay_version = relay_version
         self._q: deque[tuple[Any, Any, int]] = deque()
         self._max = max(1, queue_size)
@@ -211,8 +207,6 @@ class SessionRecording:
                     w.last_t_us = max(w.last_t_us, q.popleft()[2])
             else:
                 w.drain(q, n)
-                if w.lines_size >= MEMBER_MAX or self.spool.pending >= PENDING_MAX:
-                    self.flush()  # a backlog or a faster-than-real-time feed: bound the buffers
             if q:
                 return True
             if not self._failed:
@@ -220,6 +214,8 @@ class SessionRecording:
                 if now - self._sealed_at >= SEAL_EVERY_US:
                     self._sealed_at = now
                     w.seal(now)
+                if w.lines_size >= MEMBER_MAX:
+                    self.flush()
             if self.summary is not None and not self.finished:
                 self._finish()
         except OSError as exc:
@@ -237,7 +233,7 @@ class SessionRecording:
         self.writer.relay_line(0, "recording.open", body)
 
     def flush(self) -> None:
-        """Hand what is buffered to the spool thread: the audio, then the lines as one gzip member.
+        """Write what is buffered: the audio, then the pending lines as one gzip member.
 
         Called by the recorder at least once per fsync interval; a line never reaches the spool
         before the audio it references.
@@ -245,33 +241,16 @@ class SessionRecording:
         if self._failed:
             return
         w = self.writer
-        tl = w.timeline
-        frames = tl.sealed if tl is not None else 0
-        if not w.lines and not self.spool.pending and frames == self._submitted_frames:
-            return  # nothing new (a closed session waits for its durable mark)
-        self._submitted_frames = frames
-        size = self.spool.pending + w.lines_size
-        lines = w.take_lines() if w.lines else b""
-        self.io.submit(self._write, self.spool.take_writes(), frames, lines, size=size)
-
-    def _write(self, runs: list[Any], frames: int, lines: bytes) -> None:
-        """The spool thread's job for one ``flush``."""
-        spool = self.spool
-        if spool.error is not None:
-            return
         try:
-            spool.write_runs(runs)
-            spool.flushed_frames = frames
-            if lines:
-                spool.append_events(gzip_member(lines))
+            self.spool.flush()
+            tl = w.timeline
+            self.flushed_frames = tl.sealed if tl is not None else 0
+            if w.lines:
+                self.spool.append_events(gzip_member(w.take_lines()))
         except OSError as exc:
-            spool.error = exc
-            self.io.report(self._spool_failed, exc)
-
-    def _spool_failed(self, exc: OSError) -> None:
-        log.error("recording spool write failed: %s", exc, extra={"session_id": self.info.session_id})
-        self._failed = True
-        self._fail("spool_error")
+            log.error("recording spool write failed: %s", exc, extra={"session_id": self.info.session_id})
+            self._failed = True
+            self._fail("spool_error")
 
     def _finish(self) -> None:
         s = self.summary

@@ -14,21 +14,16 @@ Rules of this module:
   part is stored. Segment 0 stays until the end: the WAV header goes in front of it.
 - The event log only grows by whole gzip members, so a crash can tear at most the last member and
   recovery drops it (``valid_gzip_prefix``).
-- Two sides. The writer side (the event loop) gathers audio in memory per channel (references
-  to the chunks, no copy) while it is contiguous; a write elsewhere closes the run. ``take_writes``
-  hands the closed and open runs over, in call order, and ``write_runs`` (the spool thread,
-  ``relay.recording.spoolio``) writes each run with one ``pwritev``; bytes reach the files in the
-  order of the calls. The sink hands a session's audio over before the log lines that refer to
-  it, in the same job. ``pending`` counts the bytes not handed over yet, so the sink can bound
-  them (``PENDING_MAX``).
-- Descriptors (``_fds``) are opened and written by the spool thread and closed by the uploader on
-  the event loop: ``_io_lock`` guards them. ``events_size`` and ``flushed_frames`` are set by the
-  thread that wrote the bytes (what is on the files, not what is queued).
+- Audio is gathered in memory per channel (references to the chunks, no copy) while it is
+  contiguous, and written with one ``pwritev`` when the session is flushed (at least once per
+  ``fsync_interval``), when a write lands elsewhere, or past ``PENDING_MAX`` bytes; bytes reach
+  the files in the order of the calls. The sink flushes audio before the log lines that refer
+  to it.
 - Durability: ``sync(root)`` makes everything written so far durable with one ``syncfs`` call for
   the whole spool (Linux; ``os.sync`` elsewhere) instead of one fsync per file.
-- Plain blocking file calls: writes run in the spool thread, large reads (segments, whole logs)
-  go through ``asyncio.to_thread`` in the callers, and ``read_segment_into`` fills a caller's
-  reused buffer.
+- Plain blocking file calls: the writer calls them on the event loop about once a second per
+  session; large reads (segments, whole logs) go through ``asyncio.to_thread`` in the callers,
+  and ``read_segment_into`` fills a caller's reused buffer.
 - The log's gzip members are zlib level 1: standard gzip.
 """
 
@@ -40,7 +35,6 @@ import errno
 import fcntl
 import os
 import shutil
-import threading
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -57,7 +51,7 @@ _CHANNEL_NAMES = ("left", "right")
 _MAX_FDS = 4
 _FILL_CHUNK = 1 << 16
 PENDING_MAX = 1 << 18
-"""Bytes of audio gathered in memory past which the sink hands them to the spool thread early."""
+"""Bytes of audio a channel gathers in memory before they are written."""
 _MAX_CHUNKS = 512  # well under IOV_MAX (1024 on Linux)
 
 
@@ -66,7 +60,7 @@ def segment_name(channel: int, seg: int) -> str:
 
 
 class SessionSpool:
-    """The files of one session: the writer side on the event loop, writes in the spool thread."""
+    """The files of one session. Not thread-safe: used from the event loop (and threads it awaits)."""
 
     def __init__(self, path: Path, part_size: int) -> None:
         self.path = path
@@ -75,24 +69,14 @@ class SessionSpool:
         self.fmt: AudioFormat | None = None
         self._fds: OrderedDict[tuple[int, int], int] = OrderedDict()
         self._events_fd = -1
-        self._io_lock = threading.Lock()
         self.events_size = 0
-        """Bytes of the log on file (set by the thread that appended them)."""
-        self.flushed_frames = 0
-        """Sealed frames whose audio is all on file (set by the thread that wrote it)."""
-        self.error: OSError | None = None
-        """The first failed write; later jobs of this spool do nothing."""
         self._sb = 0
         self._silence = b""
-        self._chunks: list[list[bytes | memoryview]] = [[], []]
-        """The open run per channel: frames ``[_start[c], _end[c])``, ``_size[c]`` bytes."""
+        self._chunks: tuple[list[bytes | memoryview], list[bytes | memoryview]] = ([], [])
+        """Audio not written yet, per channel: frames ``[_start[c], _end[c])``, ``_size[c]`` bytes."""
         self._start = [0, 0]
         self._end = [0, 0]
         self._size = [0, 0]
-        self._runs: list[tuple[int, int, int, list[bytes | memoryview]]] = []
-        """Closed runs not handed over yet: (channel, frame, bytes, chunks), in call order."""
-        self.pending = 0
-        """Audio bytes gathered and not handed over yet."""
 
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -104,7 +88,7 @@ class SessionSpool:
         self._silence = fmt.silence * _FILL_CHUNK
         self.frames_per_segment = self.part_size // (2 * fmt.sample_bytes)
 
-    # Audio, writer side -------------------------------------------------------------------------
+    # Audio --------------------------------------------------------------------------------------
 
     def apply(self, ops: list[Op]) -> None:
         """Carry out timeline instructions (``write`` / ``fill`` each)."""
@@ -117,18 +101,21 @@ class SessionSpool:
     def write(self, channel: int, frame: int, data: bytes | memoryview) -> None:
         """Audio for ``channel`` from ``frame`` on, in the WAV's encoding (whole samples).
 
-        Gathered by reference (``data`` must not change afterwards) until ``take_writes``.
+        Contiguous writes are gathered (by reference: ``data`` must not change afterwards) and
+        reach the file in one ``pwritev`` on ``flush``, on a write elsewhere, or when
+        ``PENDING_MAX`` bytes are pending; bytes reach the file in the order of the calls.
         """
         chunks = self._chunks[channel]
-        if chunks and (frame != self._end[channel] or len(chunks) >= _MAX_CHUNKS):
-            self._close_run(channel)
-            chunks = self._chunks[channel]
+        if chunks and frame != self._end[channel]:
+            self.flush_channel(channel)
         if not chunks:
             self._start[channel] = frame
         chunks.append(data)
-        self._size[channel] += len(data)
-        self.pending += len(data)
+        size = self._size[channel] + len(data)
+        self._size[channel] = size
         self._end[channel] = frame + len(data) // self._sb
+        if size >= PENDING_MAX or len(chunks) >= _MAX_CHUNKS:
+            self.flush_channel(channel)
 
     def fill(self, channel: int, frame: int, frames: int) -> None:
         """Silence on ``channel`` over ``[frame, frame + frames)`` (gathered like ``write``)."""
@@ -139,46 +126,34 @@ class SessionSpool:
             frame += n
             frames -= n
 
-    def _close_run(self, channel: int) -> None:
-        self._runs.append((channel, self._start[channel], self._size[channel], self._chunks[channel]))
-        self._chunks[channel] = []
-        self._size[channel] = 0
-
-    def take_writes(self) -> list[tuple[int, int, int, list[bytes | memoryview]]]:
-        """Every run gathered so far, in call order, for ``write_runs``; the writer side is empty."""
-        if self._chunks[0]:
-            self._close_run(0)
-        if self._chunks[1]:
-            self._close_run(1)
-        runs = self._runs
-        self._runs = []
-        self.pending = 0
-        return runs
-
     def flush(self) -> None:
-        """Write the pending audio now, in the caller's thread (recovery, shutdown, tests)."""
-        self.write_runs(self.take_writes())
+        """Write the pending audio of both channels to the segment files."""
+        if self._chunks[0]:
+            self.flush_channel(0)
+        if self._chunks[1]:
+            self.flush_channel(1)
 
-    # Audio, spool thread ------------------------------------------------------------------------
-
-    def write_runs(self, runs: list[tuple[int, int, int, list[bytes | memoryview]]]) -> None:
-        """Write runs from ``take_writes`` (one ``pwritev`` per run within a segment)."""
+    def flush_channel(self, channel: int) -> None:
+        chunks = self._chunks[channel]
+        if not chunks:
+            return
+        frame, size = self._start[channel], self._size[channel]
         sb, n_seg = self._sb, self.frames_per_segment
-        with self._io_lock:
-            for channel, frame, size, chunks in runs:
+        seg, off = divmod(frame, n_seg)
+        if (n_seg - off) * sb >= size:  # the usual case: within one segment
+            if os.pwritev(self._fd(channel, seg), chunks, off * sb) != size:
+                raise OSError(errno.EIO, "short write to the recording spool")
+        else:
+            data = b"".join(chunks)
+            pos = 0
+            while pos < size:
                 seg, off = divmod(frame, n_seg)
-                if (n_seg - off) * sb >= size:  # the usual case: within one segment
-                    if os.pwritev(self._fd(channel, seg), chunks, off * sb) != size:
-                        raise OSError(errno.EIO, "short write to the recording spool")
-                    continue
-                data = b"".join(chunks)
-                pos = 0
-                while pos < size:
-                    seg, off = divmod(frame, n_seg)
-                    piece = data[pos : pos + (n_seg - off) * sb]
-                    os.pwrite(self._fd(channel, seg), piece, off * sb)
-                    frame += len(piece) // sb
-                    pos += len(piece)
+                piece = data[pos : pos + (n_seg - off) * sb]
+                os.pwrite(self._fd(channel, seg), piece, off * sb)
+                frame += len(piece) // sb
+                pos += len(piece)
+        chunks.clear()
+        self._size[channel] = 0
 
     def _fd(self, channel: int, seg: int) -> int:
         key = (channel, seg)
@@ -226,12 +201,11 @@ class SessionSpool:
         self.unlink_segment(seg)
 
     def close_segment(self, seg: int) -> None:
-        """Close the spool thread's descriptors of segment ``seg`` (the uploader, once it is stored)."""
-        with self._io_lock:
-            for ch in (LEFT, 1):
-                fd = self._fds.pop((ch, seg), None)
-                if fd is not None:
-                    os.close(fd)
+        """Close the writer's descriptors of segment ``seg`` (on the event loop, with the writer)."""
+        for ch in (LEFT, 1):
+            fd = self._fds.pop((ch, seg), None)
+            if fd is not None:
+                os.close(fd)
 
     def unlink_segment(self, seg: int) -> None:
         """Remove segment ``seg``'s files; freeing megabytes can take milliseconds: a worker's job."""
@@ -256,7 +230,6 @@ class SessionSpool:
     # Events -------------------------------------------------------------------------------------
 
     def append_events(self, member: bytes) -> None:
-        """Append whole gzip members (the spool thread, or the caller's thread when there is none)."""
         if self._events_fd < 0:
             self._events_fd = os.open(self.path / EVENTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.write(self._events_fd, member)
@@ -281,12 +254,10 @@ class SessionSpool:
         return data
 
     def close_files(self) -> None:
-        """Write what is gathered and close every descriptor (no spool job may be running)."""
         self.flush()
-        with self._io_lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
         if self._events_fd >= 0:
             os.close(self._events_fd)
             self._events_fd = -1

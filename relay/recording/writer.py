@@ -14,9 +14,6 @@ Rules of this module:
   ``lay_caller`` / ``lay_assistant``, appended to the spool's buffer, and the log line is one
   bytes formatting of the text around the value with the reference in its place
   (``EventLog.audio_line``). Formats are compared once per format change, never per event.
-- Runs of client appends go to the C accelerator when it is there (``relay.recording.accel``):
-  one call lays and logs a whole run; it stops at the first event it is not certain about, which
-  then takes the Python paths. Its bytes equal ``_caller_fast``'s (tested).
 - Anything unusual takes the general path, which yields the same bytes for the same input: a
   value that cannot be located with certainty (nested, escaped, not last), line breaks in the
   text (re-serialised), a torn trailing sample, format conversion, a pending cancellation cut.
@@ -37,7 +34,6 @@ from pybase64 import b64decode
 from relay.contracts import SessionInfo
 from relay.events import C2U, Event, string_span
 from relay.recording import eventlog as el
-from relay.recording.accel import caller_run
 from relay.recording.audioformat import PCM16_24K, AudioFormat, convert, session_formats
 from relay.recording.spool import SessionSpool
 from relay.recording.timeline import LEFT, RIGHT, Op, Timeline
@@ -56,8 +52,6 @@ ITEM_EVENTS = frozenset(
     }
 )
 _CALLER_PREFIX = el.member_prefix(C2U.label, CALLER_AUDIO)
-MAX_RUN_GAP_S = 1
-"""A silence gap the accelerator fills itself (in its run's buffer); a longer one stops its run."""
 
 
 class SessionWriter:
@@ -105,64 +99,24 @@ class SessionWriter:
         """Turn the next ``n`` queued items (event or relay kind, relay body, t_us) into lines."""
         popleft = q.popleft
         fast = self._caller_fast
-        run = caller_run if self._caller_direct else None
         last = self.last_t_us  # kept in a local: the cheap path does not read it
         try:
-            while n > 0:
-                if run is not None and (k := self._caller_run(run, q, n)):
-                    n -= k
-                    last = max(last, self.last_t_us)
-                    if not n:
-                        break
+            for _ in range(n):
                 a, b, t_us = popleft()
-                n -= 1
                 if t_us > last:
                     last = t_us
                 if a.__class__ is str:
                     self.last_t_us = last
                     self.relay_line(t_us, a, b)
-                    run = caller_run if self._caller_direct else None
                 elif a.type == CALLER_AUDIO and a.direction is C2U:
                     if not (self._caller_direct and fast(a, t_us)):
                         self.last_t_us = last
                         self._audio(a, t_us, True)
-                        run = caller_run if self._caller_direct else None
                 else:
                     self.last_t_us = last
                     self.event(a, t_us)
-                    run = caller_run if self._caller_direct else None
         finally:
             self.last_t_us = last
-
-    def _caller_run(self, run: Any, q: deque[tuple[Any, Any, int]], n: int) -> int:
-        """A run of client appends through the accelerator; how many it took (0: none)."""
-        tl = self.timeline
-        if tl is None:
-            return 0
-        log = self.log
-        silence = self.in_fmt.silence  # the WAV's: the accelerator runs only while they are the same
-        r = run(
-            q,
-            n,
-            log.head,
-            log.seq,
-            _CALLER_PREFIX,
-            tl.left_end,
-            tl.tolerance,
-            tl.rate,
-            silence,
-            MAX_RUN_GAP_S * tl.rate,
-        )
-        if r is None:
-            return 0
-        count, log.head, log.seq, lines, audio, first, tl.left_end, frames, last_t = r
-        tl.caller_frames += frames
-        self.spool.write(LEFT, first, audio)
-        self.lines.append(lines)
-        self.lines_size += len(lines)
-        if last_t > self.last_t_us:
-            self.last_t_us = last_t
-        return int(count)
 
     def _caller_fast(self, ev: Event, t_us: int) -> bool:
         """The common client append, start to end; False (nothing done) means: general path.

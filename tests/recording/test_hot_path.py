@@ -95,7 +95,7 @@ def _feed(w: SessionWriter, texts: list[str]) -> tuple[list[bytes], bytes]:
     w.drain(q, len(q))
     w.spool.flush()
     frames = w.timeline.left_end if w.timeline else 0
-    return b"".join(w.lines).splitlines(keepends=True), w.spool.read_segment(0, 0, frames)
+    return list(w.lines), w.spool.read_segment(0, 0, frames)
 
 
 AUDIO = os.urandom(960)
@@ -122,18 +122,14 @@ VARIANTS = {
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_client_append_cheap_path_gives_the_general_paths_bytes(tmp_path: Path, name: str) -> None:
     texts = [VARIANTS[name], VARIANTS["compact"], VARIANTS[name]]
-    fast = _writer(tmp_path, "fast")  # the accelerator when built, then the Python cheap path
-    python = _writer(tmp_path, "python")
-    python._caller_run = lambda run, q, n: 0  # type: ignore[method-assign]
+    fast = _writer(tmp_path, "fast")
     general = _writer(tmp_path, "general")
-    general._caller_run = lambda run, q, n: 0  # type: ignore[method-assign]
     general._caller_fast = lambda ev, t_us: False  # type: ignore[method-assign]
     lines_fast, audio_fast = _feed(fast, texts)
-    lines_python, audio_python = _feed(python, texts)
     lines_general, audio_general = _feed(general, texts)
-    assert lines_fast == lines_python == lines_general
-    assert audio_fast == audio_python == audio_general
-    assert fast.log.head == python.log.head == general.log.head
+    assert lines_fast == lines_general
+    assert audio_fast == audio_general
+    assert fast.log.head == general.log.head
     for line, text in zip(lines_fast[-3:], texts, strict=True):
         obj = orjson.loads(line)
         payload = orjson.loads(text)
@@ -324,7 +320,6 @@ async def test_a_backlog_is_drained_in_bounded_steps_and_lines_follow_their_audi
     assert sink.process(32) is True and sink.queue_depth == 300 - 32
     await rec._round(time.monotonic(), None)  # noqa: SLF001 - one round: the rest, then a flush
     assert sink.queue_depth == 0
-    await rec._io.drained()  # type: ignore[union-attr]  # noqa: SLF001 - the spool thread wrote it
     lines = gzip.decompress((sink.spool.path / "events.jsonl.gz").read_bytes()).splitlines()
     refs = [orjson.loads(x)["event"]["audio"] for x in lines if b'"input_audio_buffer.append"' in x]
     assert len(refs) == 300
@@ -346,7 +341,6 @@ async def test_flushes_are_spread_over_the_rounds_of_a_sync_interval(tmp_path: P
         for sink in sinks:
             sink.record_event(parse_client_frame(APPEND_PRE + A + '"}', phase, 0), 20_000 * (phase + 1))
         await rec._round(time.monotonic(), phase)  # noqa: SLF001
-        await rec._io.drained()  # type: ignore[union-attr]  # noqa: SLF001
         flushed.append([k for k, sink in enumerate(sinks) if sink.spool.events_size])
         for sink in sinks:
             sink.spool.events_size = 0  # seen: count only this round's flushes next time
@@ -398,23 +392,3 @@ def test_upstream_delta_general_path_lays_and_references_its_audio(tmp_path: Pat
 def test_direction_label_and_prefix_cache_agree() -> None:
     ev = Event(C2U, APPEND, "{}", 0, 0)
     assert el.member_prefix(ev.direction.label, APPEND) == el.member_prefix("client_to_upstream", APPEND)
-
-
-async def test_rounds_pause_while_the_spool_thread_is_behind(tmp_path: Path) -> None:
-    from relay.recording.spoolio import BACKLOG_MAX
-
-    rec = await Recorder.create(local_config(tmp_path), RelayMetrics(CollectorRegistry()), relay_version="t")
-    rec._writer.cancel()  # type: ignore[union-attr]  # noqa: SLF001 - the test drives the writer
-    sink = rec.open(session_info(), None)
-    for k in range(10):
-        sink.record_event(parse_client_frame(APPEND_PRE + A + '"}', k, 0), 20_000 * (k + 1))
-    io = rec._io  # noqa: SLF001
-    assert io is not None
-    io._submitted += BACKLOG_MAX + 1  # noqa: SLF001 - as if a slow disk held that much
-    await rec._round(time.monotonic(), None)  # noqa: SLF001
-    assert sink.queue_depth == 10  # nothing drained: the bounded queue takes the strain
-    io._written += BACKLOG_MAX + 1  # noqa: SLF001 - the disk caught up
-    await rec._round(time.monotonic(), None)  # noqa: SLF001
-    assert sink.queue_depth == 0
-    sink.close(_summary())
-    await rec.aclose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import gzip
 import os
 import shutil
@@ -15,6 +17,7 @@ from relay.config import RecordingConfig
 from relay.errors import RecorderError
 from relay.metrics import RelayMetrics
 from relay.recording import NullRecording, Recorder, RecordingPolicy
+from relay.recording.spool import SessionSpool
 from relay.recording.verify import verify_dir
 from relay.recording.wav import parse_header, split
 from tests.recording.helpers import Call, b64, client, noise, read_local, session_info, settle
@@ -311,15 +314,10 @@ async def test_shutdown_seals_open_sessions_as_incomplete(tmp_path: Path) -> Non
     assert rec.open(session_info(), None).record_event(client({"type": "x"}), 0) is True  # closed: null sink
 
 
-async def test_a_spool_write_failure_in_the_spool_thread_ends_the_call_and_says_why(
+async def test_a_spool_write_failure_ends_the_call_and_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Disk full cannot be produced here without a mount: the write itself is made to fail."""
-    import asyncio
-    import errno
-
-    from relay.recording.spool import SessionSpool
-
     rec = await Recorder.create(local_config(tmp_path), RelayMetrics(CollectorRegistry()), relay_version="t")
     info = session_info()
     sink = rec.open(info, None)
@@ -331,13 +329,12 @@ async def test_a_spool_write_failure_in_the_spool_thread_ends_the_call_and_says_
     await rec._process_all()  # noqa: SLF001 - the first events are on the spool
     await rec._sync()  # noqa: SLF001
 
-    def full(self: SessionSpool, runs: list[object]) -> None:
-        if runs:
-            raise OSError(errno.ENOSPC, "No space left on device")
+    def full(self: SessionSpool, channel: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(SessionSpool, "write_runs", full)
+    monkeypatch.setattr(SessionSpool, "flush_channel", full)
     call.speak(500)
-    for _ in range(50):  # reported from the spool thread to the loop
+    for _ in range(50):  # the session's next flush fails
         if ended:
             break
         await asyncio.sleep(0.05)
