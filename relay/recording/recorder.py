@@ -312,9 +312,9 @@ class Recorder:
                     "total_frames": sink.total_frames,
                     "audio": sink.audio_counters(),
                     "events": {
-                        "count": sink.log.seq,
+                        "count": sink.written_seq,
                         "genesis": genesis(sink.info.session_id).hex(),
-                        "head": sink.log.head.hex(),
+                        "head": sink.written_head.hex(),
                     },
                     "incomplete_reason": sink.incomplete_reason,
                 }

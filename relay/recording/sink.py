@@ -85,6 +85,10 @@ class SessionRecording:
         self.total_frames = 0
         self.flushed_frames = 0
         """Sealed frames whose audio is all written to the spool (as of the last ``flush``)."""
+        self.written_seq = 0
+        self.written_head = el.genesis(info.session_id)
+        """Count and chain head of the lines on the spool: what the manifest may claim (after a
+        spool failure, lines built in memory were never written)."""
         self.relay_version = relay_version
         self._q: deque[tuple[Any, Any, int]] = deque()
         self._max = max(1, queue_size)
@@ -246,7 +250,9 @@ class SessionRecording:
             tl = w.timeline
             self.flushed_frames = tl.sealed if tl is not None else 0
             if w.lines:
+                seq, head = w.log.seq, w.log.head  # the lines taken are all the lines up to here
                 self.spool.append_events(gzip_member(w.take_lines()))
+                self.written_seq, self.written_head = seq, head
         except OSError as exc:
             log.error("recording spool write failed: %s", exc, extra={"session_id": self.info.session_id})
             self._failed = True

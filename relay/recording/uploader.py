@@ -332,6 +332,7 @@ class SessionUpload:
         if e.get("done") is not None:
             return dict(e["done"])
         key = self.loc.key(layout.EVENTS)
+        await asyncio.to_thread(self.spool.ensure_events)
         size, digest = await asyncio.to_thread(mf.file_digest, self.spool.path / EVENTS)
         self.spool.events_size = size
         if e["upload_id"] is None and size <= self.ctx.part_size:

@@ -103,6 +103,8 @@ def _load_lines(path: Path, r: Report) -> list[bytes] | None:
         return None
     if content and not content.endswith(b"\n"):
         r.problems.append("event log: the last line is not terminated (truncated)")
+    if not content:
+        return []
     return content.split(b"\n")[:-1] if content.endswith(b"\n") else content.split(b"\n")
 
 
@@ -146,7 +148,14 @@ def _check_chain(lines: list[bytes], m: dict[str, Any], r: Report) -> list[dict[
 
 def _check_facts(parsed: list[dict[str, Any]], m: dict[str, Any], r: Report) -> None:
     opened = next((p for p in parsed if p.get("type") == "recording.open" and p.get("dir") == "relay"), None)
-    if opened is None:
+    if (
+        opened is None
+        and not parsed
+        and m.get("complete") is False
+        and (m.get("events") or {}).get("count") == 0
+    ):
+        r.notes.append(f"the event log is empty: the recording is incomplete ({m.get('incomplete_reason')})")
+    elif opened is None:
         r.problems.append("event log has no recording.open line")
     else:
         ev = opened.get("event") or {}

@@ -392,3 +392,26 @@ def test_upstream_delta_general_path_lays_and_references_its_audio(tmp_path: Pat
 def test_direction_label_and_prefix_cache_agree() -> None:
     ev = Event(C2U, APPEND, "{}", 0, 0)
     assert el.member_prefix(ev.direction.label, APPEND) == el.member_prefix("client_to_upstream", APPEND)
+
+
+def test_a_short_write_to_the_log_leaves_no_torn_member(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fills part-way through a member (made to happen: no full disk here)."""
+    import relay.recording.spool as spool_module
+
+    spool = SessionSpool(tmp_path / "s", 4000)
+    spool.create()
+    first = gzip_member(b'{"seq":0}\n')
+    spool.append_events(first)
+    real_write = os.write
+
+    def half(fd: int, data: bytes) -> int:
+        return real_write(fd, data[: len(data) // 2])
+
+    monkeypatch.setattr(spool_module.os, "write", half)
+    with pytest.raises(OSError):
+        spool.append_events(gzip_member(b'{"seq":1}\n' * 100))
+    monkeypatch.undo()
+    assert (tmp_path / "s" / "events.jsonl.gz").read_bytes() == first and spool.events_size == len(first)
+    spool.close_files()

@@ -344,5 +344,34 @@ async def test_a_spool_write_failure_ends_the_call_and_says_why(
     sink.close(call.summary())
     await settle(rec)
     await rec.aclose()
-    manifest, _, _, _ = read_local(tmp_path / "rec", info.session_id)
+    manifest, _, _, folder = read_local(tmp_path / "rec", info.session_id)
     assert manifest["complete"] is False and manifest["incomplete_reason"] == "spool_error"
+    report = verify_dir(folder)
+    assert report.ok, report.problems  # incomplete, but what is there verifies
+
+
+async def test_a_spool_that_fails_from_the_first_write_still_ends_in_a_verifiable_recording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(self: SessionSpool, *args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SessionSpool, "flush_channel", full)
+    monkeypatch.setattr(SessionSpool, "append_events", full)
+    rec = await Recorder.create(local_config(tmp_path), RelayMetrics(CollectorRegistry()), relay_version="t")
+    info = session_info()
+    sink = rec.open(info, None)
+    call = Call(sink)
+    call.start()
+    call.speak(500)
+    await rec._process_all()  # noqa: SLF001
+    await rec._sync()  # noqa: SLF001
+    assert sink.incomplete_reason == "spool_error"
+    monkeypatch.undo()  # the disk has room again
+    sink.close(call.summary())
+    await settle(rec, within=10)  # not retried for ever
+    await rec.aclose()
+    manifest, lines, _, folder = read_local(tmp_path / "rec", info.session_id)
+    assert manifest["incomplete_reason"] == "spool_error" and lines == []
+    report = verify_dir(folder)
+    assert report.ok, report.problems
