@@ -126,3 +126,47 @@ async def test_an_upstream_answering_the_upgrade_badly_is_502(tmp_path: Path, an
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_an_upstream_closing_in_its_handshake_reply_gets_its_close_answered(tmp_path: Path) -> None:
+    """The close arrives in the same read as the 101 (the handshake's tail), so the session ends
+    before the pumps read anything: the relay answers it and closes the client at once."""
+    replies: list[bytes] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        close = Frame(Opcode.CLOSE, (1008).to_bytes(2, "big") + b"policy").serialize(mask=False)
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + close
+        )
+        await writer.drain()
+        replies.append(await asyncio.wait_for(reader.read(64), 10))  # the relay's close
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = UpstreamTarget(f"ws://127.0.0.1:{port}/v1/realtime", "sk-relay-key", 5.0)
+    try:
+        async with running_relay(tmp_path, upstream=target) as r:
+            ws = await websockets.connect(
+                f"{r.url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {r.key}"}
+            )
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            # Well inside the 5 s the relay gives a peer to answer its close: nothing waited for it.
+            assert loop.time() - started < 2.5
+            assert ws.close_code is not None
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert replies and replies[0][:1] == b"\x88"  # a close frame (masked, as a client's must be)
