@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -400,6 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline", action="store_true", help="also run a plain aiohttp forwarder (bench.forwarder)"
     )
+    parser.add_argument(
+        "--recording-pairs",
+        type=int,
+        default=0,
+        metavar="R",
+        help="at each count, R pairs of runs (recording off, then on) and the CPU-bound capacity "
+        "ratio they imply (see recording_ratio)",
+    )
     args = parser.parse_args(argv)
     if args.role == "upstream":
         asyncio.run(upstream_main(args.port_file))
@@ -412,11 +421,43 @@ def main(argv: list[str] | None = None) -> int:
     RELAY_CPUS = args.relay_cpus
     rows = []
     for n in counts:
+        if args.recording_pairs:
+            pairs = []
+            for _ in range(args.recording_pairs):
+                off = bench(n, args.seconds, args.warmup, False, args.policies)
+                on = bench(n, args.seconds, args.warmup, True, args.policies)
+                print(json.dumps(off), flush=True)
+                print(json.dumps(on), flush=True)
+                rows += [off, on]
+                pairs.append((off["relay_cpu_core_fraction"], on["relay_cpu_core_fraction"]))
+            print(json.dumps(recording_ratio(n, pairs)), flush=True)
+            continue
         row = bench(n, args.seconds, args.warmup, args.recording == "on", args.policies, args.baseline)
         print(json.dumps(row), flush=True)
         rows.append(row)
     print(table(rows))
     return 0
+
+
+def recording_ratio(sessions: int, pairs: list[tuple[float, float]]) -> dict[str, Any]:
+    """What recording costs at ``sessions`` and the capacity ratio it implies for a CPU-bound relay.
+
+    Each pair is the relay's CPU (fraction of a core) with recording off, then on, in back-to-back
+    runs. A relay held to one core serves sessions in inverse proportion to its CPU per session, so
+    ``off / on`` is the share of its recording-off capacity it keeps with recording on. Unlike the
+    latency threshold, this does not move with the machine's other load from run to run; it
+    assumes the relay, not the load generator, is what runs out.
+    """
+    ratios = sorted(off / on for off, on in pairs if on > 0)
+    return {
+        "sessions": sessions,
+        "pairs": [{"off": off, "on": on} for off, on in pairs],
+        "recording_core_per_100_sessions": round(
+            100 * statistics.median(on - off for off, on in pairs) / sessions, 4
+        ),
+        "cpu_bound_capacity_ratio_median": round(statistics.median(ratios), 3) if ratios else None,
+        "cpu_bound_capacity_ratio_range": [round(ratios[0], 3), round(ratios[-1], 3)] if ratios else None,
+    }
 
 
 if __name__ == "__main__":
