@@ -33,6 +33,17 @@ async def connect(relay: RunningRelay) -> websockets.ClientConnection:
     return ws
 
 
+async def read_upgrade(reader: asyncio.StreamReader) -> bytes:
+    """Read a client's upgrade request; the ``Sec-WebSocket-Accept`` value that answers it."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    return base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+
+
 async def test_a_fragmented_message_is_forwarded_whole(relay: RunningRelay, sim: SimServer) -> None:
     text = orjson.dumps({"type": "x.relay.fragmented", "event_id": "e1", "pad": "é" * 3000}).decode()
     ws = await connect(relay)
@@ -100,13 +111,7 @@ async def test_protocol_violations_close_the_client_with_the_code(
 )
 async def test_an_upstream_answering_the_upgrade_badly_is_502(tmp_path: Path, answer: bytes) -> None:
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        accept = await read_upgrade(reader)
         writer.write(answer.replace(b"{accept}", accept))
         await writer.drain()
         await reader.read()  # until the relay drops the connection
@@ -134,13 +139,7 @@ async def test_an_upstream_closing_in_its_handshake_reply_gets_its_close_answere
     replies: list[bytes] = []
 
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        accept = await read_upgrade(reader)
         close = Frame(Opcode.CLOSE, (1008).to_bytes(2, "big") + b"policy").serialize(mask=False)
         writer.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
