@@ -169,3 +169,51 @@ async def test_an_upstream_closing_in_its_handshake_reply_gets_its_close_answere
         server.close()
         await server.wait_closed()
     assert replies and replies[0][:1] == b"\x88"  # a close frame (masked, as a client's must be)
+
+
+async def test_an_upstream_breaking_the_protocol_in_its_handshake_reply_is_closed_promptly(
+    tmp_path: Path,
+) -> None:
+    """A masked frame (servers must not mask) arrives with the 101: the session ends before the
+    pumps read anything, and the relay still reads the upstream's answer to its close."""
+    replies: list[bytes] = []
+    hung_up: list[float] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accept = await read_upgrade(reader)
+        masked = Frame(Opcode.TEXT, b'{"type":"session.created"}').serialize(mask=True)
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + masked
+        )
+        await writer.drain()
+        replies.append(await asyncio.wait_for(reader.read(64), 10))  # the relay's close
+        writer.write(Frame(Opcode.CLOSE, (1000).to_bytes(2, "big")).serialize(mask=False))
+        await writer.drain()
+        answered = asyncio.get_running_loop().time()
+        await reader.read()  # until the relay hangs up: at once, having read the answer
+        hung_up.append(asyncio.get_running_loop().time() - answered)
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = UpstreamTarget(f"ws://127.0.0.1:{port}/v1/realtime", "sk-relay-key", 5.0)
+    try:
+        async with running_relay(tmp_path, upstream=target) as r:
+            ws = await websockets.connect(
+                f"{r.url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {r.key}"}
+            )
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            # Well inside the 5 s the relay gives the upstream to answer its close.
+            assert loop.time() - started < 2.5
+            assert ws.close_code == 1011
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert replies and replies[0][:1] == b"\x88"
+    # Not the 5 s the relay waits for an answer it cannot read (the upstream stays paused).
+    assert hung_up and hung_up[0] < 2.5
