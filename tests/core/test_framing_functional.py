@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import orjson
@@ -42,6 +44,41 @@ async def read_upgrade(reader: asyncio.StreamReader) -> bytes:
         if line.lower().startswith(b"sec-websocket-key:")
     )
     return base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+
+
+def switching(accept: bytes, tail: bytes = b"") -> bytes:
+    """A 101 answering an upgrade, and whatever the upstream sends in the same write."""
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + tail
+    )
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[UpstreamTarget]:
+    """A hand-written upstream on loopback, as the relay's target."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield UpstreamTarget(f"ws://127.0.0.1:{port}/v1/realtime", "sk-relay-key", 5.0)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def seconds_until_closed(relay: RunningRelay) -> tuple[float, int | None]:
+    """Connect through the relay and read until it closes: (seconds after the upgrade, code)."""
+    ws = await websockets.connect(
+        f"{relay.url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {relay.key}"}
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(websockets.ConnectionClosed):
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+    return loop.time() - started, ws.close_code
 
 
 async def test_a_fragmented_message_is_forwarded_whole(relay: RunningRelay, sim: SimServer) -> None:
@@ -117,20 +154,13 @@ async def test_an_upstream_answering_the_upgrade_badly_is_502(tmp_path: Path, an
         await reader.read()  # until the relay drops the connection
         writer.close()
 
-    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    target = UpstreamTarget(f"ws://127.0.0.1:{port}/v1/realtime", "sk-relay-key", 5.0)
-    try:
-        async with running_relay(tmp_path, upstream=target) as r:
-            with pytest.raises(websockets.InvalidStatus) as refused:
-                await websockets.connect(
-                    f"{r.url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {r.key}"}
-                )
-            assert refused.value.response.status_code == 502
-            assert orjson.loads(refused.value.response.body)["error"]["code"] == "upstream_unavailable"
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with raw_upstream(upstream) as target, running_relay(tmp_path, upstream=target) as r:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(
+                f"{r.url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {r.key}"}
+            )
+        assert refused.value.response.status_code == 502
+        assert orjson.loads(refused.value.response.body)["error"]["code"] == "upstream_unavailable"
 
 
 async def test_an_upstream_closing_in_its_handshake_reply_gets_its_close_answered(tmp_path: Path) -> None:
@@ -141,33 +171,15 @@ async def test_an_upstream_closing_in_its_handshake_reply_gets_its_close_answere
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accept = await read_upgrade(reader)
         close = Frame(Opcode.CLOSE, (1008).to_bytes(2, "big") + b"policy").serialize(mask=False)
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + close
-        )
+        writer.write(switching(accept, close))
         await writer.drain()
         replies.append(await asyncio.wait_for(reader.read(64), 10))  # the relay's close
         writer.close()
 
-    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    target = UpstreamTarget(f"ws://127.0.0.1:{port}/v1/realtime", "sk-relay-key", 5.0)
-    try:
-        async with running_relay(tmp_path, upstream=target) as r:
-            ws = await websockets.connect(
-                f"{r.url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {r.key}"}
-            )
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            with pytest.raises(websockets.ConnectionClosed):
-                while True:
-                    await asyncio.wait_for(ws.recv(), 10)
-            # Well inside the 5 s the relay gives a peer to answer its close: nothing waited for it.
-            assert loop.time() - started < 2.5
-            assert ws.close_code is not None
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with raw_upstream(upstream) as target, running_relay(tmp_path, upstream=target) as r:
+        seconds, code = await seconds_until_closed(r)
+    # Well inside the 5 s the relay gives a peer to answer its close: nothing waited for it.
+    assert seconds < 2.5 and code is not None
     assert replies and replies[0][:1] == b"\x88"  # a close frame (masked, as a client's must be)
 
 
@@ -182,10 +194,7 @@ async def test_an_upstream_breaking_the_protocol_in_its_handshake_reply_is_close
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accept = await read_upgrade(reader)
         masked = Frame(Opcode.TEXT, b'{"type":"session.created"}').serialize(mask=True)
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + masked
-        )
+        writer.write(switching(accept, masked))
         await writer.drain()
         replies.append(await asyncio.wait_for(reader.read(64), 10))  # the relay's close
         writer.write(Frame(Opcode.CLOSE, (1000).to_bytes(2, "big")).serialize(mask=False))
@@ -195,25 +204,10 @@ async def test_an_upstream_breaking_the_protocol_in_its_handshake_reply_is_close
         hung_up.append(asyncio.get_running_loop().time() - answered)
         writer.close()
 
-    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    target = UpstreamTarget(f"ws://127.0.0.1:{port}/v1/realtime", "sk-relay-key", 5.0)
-    try:
-        async with running_relay(tmp_path, upstream=target) as r:
-            ws = await websockets.connect(
-                f"{r.url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {r.key}"}
-            )
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            with pytest.raises(websockets.ConnectionClosed):
-                while True:
-                    await asyncio.wait_for(ws.recv(), 10)
-            # Well inside the 5 s the relay gives the upstream to answer its close.
-            assert loop.time() - started < 2.5
-            assert ws.close_code == 1011
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with raw_upstream(upstream) as target, running_relay(tmp_path, upstream=target) as r:
+        seconds, code = await seconds_until_closed(r)
+    # Well inside the 5 s the relay gives the upstream to answer its close.
+    assert seconds < 2.5 and code == 1011
     assert replies and replies[0][:1] == b"\x88"
     # Not the 5 s the relay waits for an answer it cannot read (the upstream stays paused).
     assert hung_up and hung_up[0] < 2.5
