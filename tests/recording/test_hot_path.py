@@ -415,3 +415,17 @@ def test_a_short_write_to_the_log_leaves_no_torn_member(
     monkeypatch.undo()
     assert (tmp_path / "s" / "events.jsonl.gz").read_bytes() == first and spool.events_size == len(first)
     spool.close_files()
+
+
+def test_isal_members_read_as_standard_gzip_beside_zlib_members() -> None:
+    """The log is deflated by ISA-L; the standard library reads it, and a spool left by a relay
+    that used zlib (an upgrade) holds both kinds of member in one log."""
+    import zlib
+
+    lines = b"".join(b'{"seq":%d,"hash":"%064x"}\n' % (k, k * 7919) for k in range(500))
+    member = gzip_member(lines)
+    assert gzip.decompress(member) == lines
+    assert zlib.decompress(member, wbits=31) == lines
+    plain = zlib.compress(lines, 1, wbits=31)  # a log may hold members from either deflater
+    assert valid_gzip_prefix(member + plain) == (len(member) + len(plain), lines * 2)
+
