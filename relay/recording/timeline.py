@@ -10,8 +10,10 @@ Rules of this module:
 - Left (caller): each ``input_audio_buffer.append`` is laid where the previous one ended, so a
   client streaming in real time gets a left channel byte-identical to what it sent. Silence is
   inserted only when the chunk's ideal start (arrival minus its own duration) lies more than
-  ``tolerance`` after the end of the audio already laid: the client really paused. A client sending
-  faster than real time pushes the left channel ahead of the clock; nothing of it is ever dropped.
+  ``tolerance`` after the end of the audio already laid: the client really paused (or reached the
+  relay that late: the relay cannot tell). A client sending faster than real time pushes the left
+  channel ahead of the clock; nothing of it is ever dropped. ``caller_end`` lets the writer log
+  where silence went between two pieces of caller audio (``recording.pause``).
 - Right (assistant, as the caller heard it): the first delta of an item starts when it reached the
   client (or when earlier assistant audio finishes playing); later deltas of the same item queue
   back to back (they arrive faster than real time). A ``conversation.item.truncate`` cuts the item
@@ -90,6 +92,8 @@ class Timeline:
         self.holdback = holdback_ms * rate // 1000
         self.left_end = 0
         """Frames final on the left channel (laid audio or silence)."""
+        self.caller_end = 0
+        """Where the caller's last audio ended (``left_end`` without the silence sealed after it)."""
         self.right_end = 0
         """Frames written on the right channel (audio or silence)."""
         self.right_cursor = 0
@@ -133,7 +137,7 @@ class Timeline:
         ideal = max(0, t_us * self.rate // 1_000_000) - n
         end = self.left_end
         start = ideal if ideal > end + self.tolerance else end
-        self.left_end = start + n
+        self.left_end = self.caller_end = start + n
         self.caller_frames += n
         return start
 

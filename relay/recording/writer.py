@@ -155,11 +155,13 @@ class SessionWriter:
         tl = self.timeline
         if tl is None:
             return False
-        end = tl.left_end
+        end, heard = tl.left_end, tl.caller_end
         start = tl.lay_caller(n, t_us)
         spool = self.spool
         if start != end:
             spool.fill(LEFT, end, start - end)
+        if start != heard and heard:
+            self._pause(t_us, heard, start)
         spool.write(LEFT, start, data)
         line = self.log.audio_line(t_us, _CALLER_PREFIX, self._pre_b, b"caller", start, n, data, b"}", "")
         self.lines.append(line)
@@ -289,6 +291,7 @@ class SessionWriter:
         n = len(data) // self._sb
         converted = ""
         direct = self._caller_direct if caller else self._assistant_direct
+        heard = tl.caller_end
         if direct and n * self._sb == len(data) and (caller or not tl.cuts_pending):
             if caller:
                 end = tl.left_end
@@ -317,6 +320,8 @@ class SessionWriter:
                 place, ops = tl.assistant(laid, t_us, item_id, response_id)
             self.apply(ops)
             start, n = place.frame, place.frames
+        if caller and n and start != heard and heard:
+            self._pause(t_us, heard, start)
         prefix = el.member_prefix(ev.direction.label, ev.type)
         track = b"caller" if caller else b"assistant"
         if i >= 0:
@@ -331,6 +336,12 @@ class SessionWriter:
         ref = el.audio_ref(track.decode(), start, n, data, converted_from=converted)
         body = orjson.dumps({**ev.payload(), key: orjson.loads(ref)})
         self.emit(self.log.line_after(t_us, prefix, body))
+
+    def _pause(self, t_us: int, frame: int, start: int) -> None:
+        """Log the silence the left channel got between the caller's audio ending at ``frame`` and
+        the next piece starting at ``start``: the caller paused, or its audio reached the relay
+        late (a stall); either way the log says where the recording is not the caller's audio."""
+        self.relay_line(t_us, "recording.pause", {"track": "caller", "frame": frame, "frames": start - frame})
 
     # Timeline -----------------------------------------------------------------------------------
 

@@ -429,3 +429,38 @@ def test_isal_members_read_as_standard_gzip_beside_zlib_members() -> None:
     plain = zlib.compress(lines, 1, wbits=31)  # a log may hold members from either deflater
     assert valid_gzip_prefix(member + plain) == (len(member) + len(plain), lines * 2)
 
+
+def _pauses(lines: list[bytes]) -> list[tuple[int, int]]:
+    return [
+        (obj["event"]["frame"], obj["event"]["frames"])
+        for obj in map(orjson.loads, lines)
+        if obj["type"] == "recording.pause"
+    ]
+
+
+def test_a_late_caller_chunk_logs_the_pause_it_opens(tmp_path: Path) -> None:
+    """Silence the left channel gets between two pieces of caller audio is logged where it went,
+    by both paths alike, measured from the caller's last audio even when sealing filled part of it."""
+    from collections import deque
+
+    logs = []
+    for name in ("lean", "general"):
+        w = _writer(tmp_path, name)
+        if name == "general":
+            w._caller_fast = lambda ev, t_us: False  # type: ignore[method-assign]
+        q: deque[tuple[Any, Any, int]] = deque()
+        for k, t_us in enumerate((20_000, 40_000, 600_000, 620_000)):  # 520 ms late: a pause
+            q.append((parse_client_frame(VARIANTS["compact"], k, 0), None, t_us))
+        w.drain(q, len(q))
+        w.seal(5_000_000)  # nothing from the caller for seconds: sealing fills the left channel
+        q.append((parse_client_frame(VARIANTS["compact"], 9, 0), None, 5_020_000))
+        q.append((parse_client_frame(VARIANTS["compact"], 10, 0), None, 5_040_000))
+        w.drain(q, len(q))
+        logs.append(list(w.lines))
+        assert w.timeline is not None and w.timeline.caller_frames == 6 * 480
+    assert logs[0] == logs[1]
+    lean = logs[0]
+    # 2 chunks end at frame 960; the third ends where it arrived (600 ms), the fifth at 5.02 s.
+    assert _pauses(lean) == [(960, 14_400 - 480 - 960), (14_400 + 480, 120_480 - 480 - 14_400 - 480)]
+    kinds = [orjson.loads(x)["type"] for x in lean]
+    assert kinds.index("recording.pause") == kinds.index(APPEND) + 2  # before the chunk it precedes
