@@ -422,8 +422,11 @@ def test_isal_members_read_as_standard_gzip_beside_zlib_members() -> None:
     that used zlib (an upgrade) holds both kinds of member in one log."""
     import zlib
 
+    from isal import isal_zlib
+
     lines = b"".join(b'{"seq":%d,"hash":"%064x"}\n' % (k, k * 7919) for k in range(500))
     member = gzip_member(lines)
+    assert member == isal_zlib.compress(lines, 1, wbits=31)  # ISA-L's level 1, not zlib's
     assert gzip.decompress(member) == lines
     assert zlib.decompress(member, wbits=31) == lines
     plain = zlib.compress(lines, 1, wbits=31)  # a log may hold members from either deflater
