@@ -31,10 +31,11 @@ import gc
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from bench.recording_cost import Call, _b64_pool
 from relay.contracts import SessionInfo
@@ -75,16 +76,6 @@ def _zeros_like(value: str, altchars: Any = None, validate: bool = False) -> byt
     return bytes(len(value) * 3 // 4 - value.endswith("=") - value.endswith("=="))
 
 
-@contextmanager
-def _patched(target: Any, name: str, value: Any) -> Iterator[None]:
-    saved = getattr(target, name)
-    setattr(target, name, value)
-    try:
-        yield
-    finally:
-        setattr(target, name, saved)
-
-
 def _drop_audio(self: SessionSpool, channel: int) -> None:
     self._chunks[channel].clear()
     self._size[channel] = 0
@@ -92,10 +83,10 @@ def _drop_audio(self: SessionSpool, channel: int) -> None:
 
 PARTS: dict[str, Callable[[], AbstractContextManager[Any]]] = {
     "none": nullcontext,
-    "decode": lambda: _patched(writer, "b64decode", _zeros_like),
-    "sha256": lambda: _patched(eventlog, "_sha256", lambda data=b"": _Digest()),
-    "deflate": lambda: _patched(spool, "isal_zlib", _NoDeflate),
-    "audio-writes": lambda: _patched(SessionSpool, "flush_channel", _drop_audio),
+    "decode": lambda: patch.object(writer, "b64decode", _zeros_like),
+    "sha256": lambda: patch.object(eventlog, "_sha256", lambda data=b"": _Digest()),
+    "deflate": lambda: patch.object(spool, "isal_zlib", _NoDeflate),
+    "audio-writes": lambda: patch.object(SessionSpool, "flush_channel", _drop_audio),
 }
 
 

@@ -210,9 +210,13 @@ async def settle(recorder: Recorder, within: float = 30.0) -> None:
     raise AssertionError(f"recordings still uploading after {within}s: {list(recorder._uploads)}")
 
 
+def event_lines(folder: Path) -> list[dict[str, Any]]:
+    """The parsed lines of a recording folder's ``events.jsonl.gz``."""
+    return [orjson.loads(x) for x in gzip.decompress((folder / "events.jsonl.gz").read_bytes()).splitlines()]
+
+
 def read_local(root: Path, session_id: str) -> tuple[dict[str, Any], list[dict[str, Any]], bytes, Path]:
     """(manifest, event lines, audio.wav bytes, folder) of a session in a local sink."""
     folder = next(root.rglob(f"session={session_id}"))
     manifest = orjson.loads((folder / "manifest.json").read_bytes())
-    lines = [orjson.loads(x) for x in gzip.decompress((folder / "events.jsonl.gz").read_bytes()).splitlines()]
-    return manifest, lines, (folder / "audio.wav").read_bytes(), folder
+    return manifest, event_lines(folder), (folder / "audio.wav").read_bytes(), folder

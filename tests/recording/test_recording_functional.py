@@ -10,7 +10,6 @@ from __future__ import annotations
 import array
 import asyncio
 import base64
-import gzip
 import os
 import random
 import signal
@@ -28,6 +27,7 @@ from relay.recording.verify import verify_dir
 from relay.recording.wav import parse_header, split
 from relay.sim import SimConfig, SimServer
 from tests.recording.conftest import s3_recording_config
+from tests.recording.helpers import event_lines
 from tests.support.audio import utterance_pcm16
 from tests.support.relay import TEST_KEY, RelayProcess, base_config, running_relay, write_policies
 from tests.support.seaweed import KMS_KEY_ID, SeaweedFS
@@ -244,10 +244,11 @@ async def test_sdk_call_with_barge_in_is_recorded_as_heard(
     # audio reached the relay late (a starved machine: more than the pause tolerance) the left
     # channel has silence in it, and the log says where (``recording.pause``): without those
     # stretches it is exactly what was sent.
-    events = [
-        orjson.loads(x) for x in gzip.decompress((folder / "events.jsonl.gz").read_bytes()).splitlines()
+    pauses = [
+        (e["event"]["frame"], e["event"]["frames"])
+        for e in event_lines(folder)
+        if e["type"] == "recording.pause"
     ]
-    pauses = [(e["event"]["frame"], e["event"]["frames"]) for e in events if e["type"] == "recording.pause"]
     caller = bytearray(left)
     for frame, n in reversed(pauses):
         del caller[2 * frame : 2 * (frame + n)]
